@@ -1,0 +1,183 @@
+"""`ProgressCB`: a per-epoch progress bar and, in a notebook, an optional live loss plot."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from IPython.display import display
+
+from actwidget._util import in_notebook
+from actwidget.callbacks.metrics import MetricsCB
+from actwidget.learner import Callback
+
+__all__ = ["ProgressCB"]
+
+_BAR_EVERY = 0.1  # seconds between notebook bar updates
+_TEXT_EVERY = 0.25  # seconds between terminal line updates
+_PLOT_EVERY = 0.5  # seconds between plot redraws
+
+
+class ProgressCB(Callback):
+    """Shows progress over each epoch's batches; `plot=True` adds a live loss plot in notebooks.
+
+    Widgets (`bar`, `label`, `fig`) are created and displayed in `before_fit`, in notebooks only.
+    """
+
+    order = MetricsCB.order + 1
+
+    def __init__(self, plot: bool = False) -> None:
+        self.plot = plot
+        self._clear_widgets()
+
+    def _clear_widgets(self) -> None:
+        self.bar: Any = None
+        self.label: Any = None
+        self.fig: Any = None
+        self.train_line: Any = None
+        self.valid_line: Any = None
+
+    def before_fit(self, learn: Any) -> None:
+        self._clear_widgets()
+        self._notebook = in_notebook()
+        self._line_len = 0
+        self._train_x: list[float] = []
+        self._valid_x: list[float] = []
+        self._pending: list[torch.Tensor] = []  # detached losses not yet on the host
+        self._pending_valid: list[torch.Tensor] = []
+        self._train_y = np.zeros(0, np.float32)
+        self._valid_y = np.zeros(0, np.float32)
+        self._last_plot = time.perf_counter()
+        if not self._notebook:
+            return
+        import ipywidgets as widgets
+
+        self.bar = widgets.IntProgress(min=0, max=1, value=0)
+        self.label = widgets.Label()
+        parts: list[Any] = [widgets.HBox([self.bar, self.label])]
+        if self.plot:
+            self.fig = self._make_figure()
+            parts.append(self.fig)
+        display(widgets.VBox(parts))
+
+    def before_epoch(self, learn: Any) -> None:
+        self._t0 = time.perf_counter()
+        self._last_draw = -float("inf")
+        self._done = 0
+        self._valid_sum: torch.Tensor | float = 0.0
+        self._valid_n = 0
+        if self.bar is not None:
+            self.bar.value = 0
+            self.bar.max = max(learn.n_iter or 1, 1)
+
+    def after_batch(self, learn: Any) -> None:
+        if self.fig is not None:
+            self._record_loss(learn)
+
+    def cleanup_batch(self, learn: Any) -> None:
+        self._done = learn.iter + 1  # here, so cancelled batches count too
+        now = time.perf_counter()
+        if now - self._last_draw >= (_BAR_EVERY if self._notebook else _TEXT_EVERY):
+            self._last_draw = now
+            self._show(learn, now, final=False)
+        if self.fig is not None and now - self._last_plot >= _PLOT_EVERY:
+            self._redraw()
+
+    def after_epoch(self, learn: Any) -> None:
+        if self.fig is not None and not learn.training and self._valid_n:
+            self._pending_valid.append(self._valid_sum / self._valid_n)
+            self._valid_x.append(learn.epoch + 1.0)
+
+    def cleanup_epoch(self, learn: Any) -> None:
+        self._show(learn, time.perf_counter(), final=True)
+
+    def cleanup_fit(self, learn: Any) -> None:
+        if self.fig is not None:
+            self._redraw()
+
+    def _record_loss(self, learn: Any) -> None:
+        loss = learn.loss.detach()
+        if learn.training:
+            self._pending.append(loss)
+            done = learn.iter + 1
+            self._train_x.append(learn.epoch + done / max(learn.n_iter or done, 1))
+        else:
+            n = _batch_size(learn.batch)
+            self._valid_sum = self._valid_sum + loss * n
+            self._valid_n += n
+
+    def _show(self, learn: Any, now: float, final: bool) -> None:
+        n = learn.n_iter
+        rate = self._done / max(now - self._t0, 1e-9)
+        phase = "train" if learn.training else "eval"
+        epoch = f"epoch {learn.epoch + 1}/{learn.n_epochs} {phase}"
+        if self.bar is not None:
+            self.bar.value = min(self._done, self.bar.max)
+            self.label.value = f"{epoch} · batch {self._done}/{n} · {rate:.1f} batches/s"
+            return
+        text = f"{epoch} {_text_bar(self._done, n)} {self._done}/{n} {rate:.1f} batches/s"
+        pad = " " * max(self._line_len - len(text), 0)
+        self._line_len = len(text)
+        sys.stdout.write(f"\r{text}{pad}" + ("\n" if final else ""))
+        sys.stdout.flush()
+        if final:
+            self._line_len = 0
+
+    def _make_figure(self) -> Any:
+        import bqplot as bq
+
+        sx, sy = bq.LinearScale(), bq.LinearScale()
+        empty = np.zeros(0, np.float32)
+        self.train_line = bq.Lines(
+            x=empty, y=empty, scales={"x": sx, "y": sy}, labels=["train"], display_legend=True
+        )
+        self.valid_line = bq.Lines(
+            x=empty, y=empty, scales={"x": sx, "y": sy}, colors=["orange"], marker="circle",
+            labels=["valid"], display_legend=True,
+        )  # fmt: skip
+        axes = [
+            bq.Axis(scale=sx, label="epoch"),
+            bq.Axis(scale=sy, side="left", label="loss"),
+        ]
+        return bq.Figure(
+            marks=[self.train_line, self.valid_line],
+            axes=axes,
+            title="loss",
+            layout={"height": "260px", "width": "560px"},
+            fig_margin={"top": 40, "bottom": 40, "left": 50, "right": 20},
+        )
+
+    def _redraw(self) -> None:
+        """Copy new losses to the host in one transfer and update the lines."""
+        self._last_plot = time.perf_counter()
+        self._train_y = _append(self._train_y, self._pending)
+        self._valid_y = _append(self._valid_y, self._pending_valid)
+        self._pending, self._pending_valid = [], []
+        with self.train_line.hold_sync():
+            self.train_line.x = np.asarray(self._train_x, np.float32)
+            self.train_line.y = self._train_y
+        with self.valid_line.hold_sync():
+            self.valid_line.x = np.asarray(self._valid_x, np.float32)
+            self.valid_line.y = self._valid_y
+
+
+def _append(host: np.ndarray, pending: list[torch.Tensor]) -> np.ndarray:
+    if not pending:
+        return host
+    new = torch.stack([t.reshape(()) for t in pending]).to("cpu", torch.float32).numpy()
+    return np.concatenate([host, new])
+
+
+def _batch_size(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return len(first) if isinstance(first, torch.Tensor) and first.ndim else 1
+
+
+def _text_bar(done: int, n: int | None, width: int = 20) -> str:
+    if not n:
+        return ""
+    filled = width * min(done, n) // n
+    return "[" + "#" * filled + "." * (width - filled) + "]"

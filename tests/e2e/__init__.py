@@ -1,0 +1,1 @@
+"""End-to-end tests: real JupyterLab driven by Chromium (pytest -m e2e)."""

@@ -1,0 +1,101 @@
+"""`ProgressCB`: the terminal line, and the notebook bar and live loss plot."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from actwidget._util import set_seed
+from actwidget.callbacks import ProgressCB
+from actwidget.callbacks import progress as progress_mod
+from actwidget.learner import Callback, CancelFitException, TrainLearner
+
+
+def make_learner(cbs) -> TrainLearner:
+    set_seed(0)
+
+    def dl(n: int) -> DataLoader:
+        ds = TensorDataset(torch.randn(n, 1, 8, 8), torch.randint(0, 10, (n,)))
+        return DataLoader(ds, batch_size=4)
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    dls = SimpleNamespace(train=dl(12), valid=dl(6))
+    return TrainLearner(model, dls, F.cross_entropy, lr=0.1, cbs=cbs)
+
+
+class LossLog(Callback):
+    """Records each batch loss on the host (tests only)."""
+
+    def __init__(self):
+        self.train, self.valid = [], []
+
+    def after_batch(self, learn):
+        (self.train if learn.training else self.valid).append(
+            (learn.loss.item(), len(learn.batch[0]))
+        )
+
+
+def test_terminal_line_updates_in_place_with_a_final_line_per_epoch(monkeypatch, capsys):
+    monkeypatch.setattr(progress_mod, "in_notebook", lambda: False)
+    monkeypatch.setattr(progress_mod, "display", lambda *a, **k: pytest.fail("displayed"))
+    cb = ProgressCB(plot=True)
+    make_learner([cb]).fit(2)
+    out = capsys.readouterr().out
+    lines = out.split("\n")
+    assert lines[-1] == ""  # ends on a fresh line
+    finals = [line.rsplit("\r", 1)[-1] for line in lines[:-1]]
+    assert len(finals) == 4  # 2 epochs x (train, valid)
+    assert finals[0].startswith("epoch 1/2 train [####################] 3/3 ")
+    assert finals[3].startswith("epoch 2/2 eval ") and " 2/2 " in finals[3]
+    assert all(line.startswith("\r") for line in lines[:-1])
+    assert cb.bar is None and cb.fig is None
+
+
+def test_terminal_line_is_ended_when_fit_is_cancelled(monkeypatch, capsys):
+    class Stop(Callback):
+        def after_batch(self, learn):
+            raise CancelFitException
+
+    monkeypatch.setattr(progress_mod, "in_notebook", lambda: False)
+    make_learner([ProgressCB(), Stop()]).fit(2)
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and out.count("\n") == 1 and " 1/3 " in out
+
+
+def test_notebook_bar_and_plot(monkeypatch):
+    shown = []
+    monkeypatch.setattr(progress_mod, "in_notebook", lambda: True)
+    monkeypatch.setattr(progress_mod, "display", shown.append)
+    cb, losses = ProgressCB(plot=True), LossLog()
+    make_learner([cb, losses]).fit(2)
+
+    assert len(shown) == 1 and cb.fig in shown[0].children
+    assert cb.bar.value == cb.bar.max == 2  # last phase: 2 valid batches
+    assert cb.label.value.startswith("epoch 2/2 eval") and "batch 2/2" in cb.label.value
+
+    x, y = cb.train_line.x, cb.train_line.y
+    assert x.dtype == y.dtype == np.float32
+    np.testing.assert_allclose(y, [v for v, _ in losses.train], rtol=1e-6)
+    np.testing.assert_allclose(x, [1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2], rtol=1e-6)
+
+    vy = cb.valid_line.y
+    assert vy.dtype == np.float32 and cb.valid_line.x.tolist() == [1.0, 2.0]
+    v = np.array(losses.valid).reshape(2, 2, 2)  # epoch, batch, (loss, size)
+    expected = (v[..., 0] * v[..., 1]).sum(1) / v[..., 1].sum(1)
+    np.testing.assert_allclose(vy, expected, rtol=1e-6)
+
+
+def test_notebook_without_plot_shows_only_the_bar(monkeypatch):
+    shown = []
+    monkeypatch.setattr(progress_mod, "in_notebook", lambda: True)
+    monkeypatch.setattr(progress_mod, "display", shown.append)
+    cb = ProgressCB()
+    make_learner([cb]).fit(1, valid=False)
+    assert len(shown) == 1 and cb.fig is None
+    assert cb.bar.value == cb.bar.max == 3
