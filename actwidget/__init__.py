@@ -28,11 +28,13 @@ from .learner import (
 from .models import CNN, Conv2dWithReLU
 from .plots import hist_plot, mean_std_plot, near_zero_plot
 from .stats import LayerStats, RunStats, StatsConfig
+from .widget import ActivationWidget
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CNN",
+    "ActivationWidget",
     "Callback",
     "CancelBatchException",
     "CancelEpochException",

@@ -545,7 +545,10 @@ def run_cell(
     Returns as soon as the execution request is sent (long cells keep running), with a
     ``CellRun`` handle; ``.wait()`` blocks until it finished and returns its execution
     count.  ``wait=True`` does that immediately."""
-    (run,) = _dispatch(page, [index], "notebook:run-cell")
+    runs = _dispatch(page, [index], "notebook:run-cell")
+    if not runs:
+        raise ValueError(f"cell {index} is not a code cell")
+    (run,) = runs
     if wait:
         run.wait(timeout)
     return run
