@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_RUN_IDS = itertools.count(1)  # fit ids unique across learners: a stale stop never matches
 
 
 class Callback:
@@ -168,7 +170,7 @@ class Learner:
         extra = list(cbs or [])
         self.cbs.extend(extra)
         with self._lock:
-            self.run_id += 1
+            self.run_id = next(_RUN_IDS)
             self._stop.clear()
             self._running = self.run_id
         self.stopped_at, self.error, self._last_done = None, None, (0, -1)

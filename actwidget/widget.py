@@ -121,7 +121,7 @@ class ActivationWidget(widgets.VBox):
                 marks=[],
                 axes=[
                     bq.Axis(scale=self.x_scale, label="batch"),
-                    bq.Axis(scale=bq.LinearScale(), orientation="vertical", tick_format=".3g"),
+                    bq.Axis(scale=bq.LinearScale(), side="left", tick_format=".3g"),
                 ],
                 fig_margin={"top": 40, "bottom": 40, "left": 55, "right": 10},
                 layout=widgets.Layout(width="33%", height="260px", min_width="260px"),
@@ -173,7 +173,7 @@ class ActivationWidget(widgets.VBox):
             title=name,
             marks=[heat],
             axes=[bq.Axis(scale=heat.scales["x"], label="batch", num_ticks=4),
-                  bq.Axis(scale=heat.scales["y"], orientation="vertical", label="|a|")],
+                  bq.Axis(scale=heat.scales["y"], side="left", label="|a|")],
             fig_margin={"top": 30, "bottom": 40, "left": 45, "right": 10},
             layout=widgets.Layout(width="320px", height="200px"),
             title_style={"fill": color, "font-size": "12px"},
@@ -255,8 +255,9 @@ class ActivationWidget(widgets.VBox):
         """Unbind from the callback and close every child widget."""
         if self.cb is not None and self._on_event in self.cb.listeners:
             self.cb.listeners.remove(self._on_event)
-        for child in [self.stop_button, *self.charts.values()]:
-            child.close()
+        for child in [getattr(self, "stop_button", None), *getattr(self, "charts", {}).values()]:
+            if child is not None:
+                child.close()
         super().close()
 
     # Events from the callback (in the training thread).
