@@ -77,10 +77,15 @@ def summarize(samples: torch.Tensor, config: StatsConfig) -> torch.Tensor:
     b = torch.where(finite, b, bins)  # the extra last bucket holds the non-finite values
     rows = samples.shape[0]
     b += torch.arange(rows, device=b.device).unsqueeze(1) * (bins + 1)
-    hist = torch.bincount(b.reshape(-1), minlength=rows * (bins + 1)).reshape(rows, bins + 1)
+    # scatter_add_, not bincount: bincount on CUDA reads the maximum back to the host (a sync,
+    # and exact mode summarises in the hot path)
+    flat = b.reshape(-1)
+    hist = torch.zeros(rows * (bins + 1), dtype=torch.long, device=b.device)
+    hist = hist.scatter_add_(0, flat, torch.ones_like(flat)).reshape(rows, bins + 1)
     near = ((a <= config.near_zero) & finite).sum(1)
-    cols = [vals.sum(1), (vals * vals).sum(1), near, hist[:, bins], hist[:, :bins]]
     dtype = torch.float32 if a.device.type == "mps" else torch.float64  # MPS has no float64
+    v = vals.to(dtype)  # float32 squares overflow above ~1e19 and lose digits in the sums
+    cols = [v.sum(1), (v * v).sum(1), near, hist[:, bins], hist[:, :bins]]
     return torch.cat([c.reshape(rows, -1).to(dtype) for c in cols], 1)
 
 
@@ -93,13 +98,14 @@ def to_columns(
 ) -> np.ndarray:
     """Turn `summarize` rows into one-batch stats columns, scaling sampled counts to `numel`.
 
-    `full` holds the exact [sum, sum of squares] per row, NaN where the sample is the whole
-    activation. When those sums are not finite (NaN/inf present, or float32 overflow), mean
-    and std come from the sample's finite values and at least one non-finite value is counted.
+    `full` holds the exact [sum, sum of squares] per row; it is ignored (NaN) where the sample
+    is the whole activation (`taken == numel`). When those sums are not finite (NaN/inf
+    present, or float32 overflow), mean and std come from the sample's finite values and at
+    least one non-finite value is counted.
     """
     bad = summary[:, BAD]  # non-finite values in the sample
     scale = numel / np.maximum(taken, 1)
-    exact = np.isnan(full[:, 0])
+    exact = np.asarray(taken) >= numel  # not NaN sums: a NaN in a sampled layer makes those
     full_ok = ~exact & np.isfinite(full).all(1)
 
     out = np.zeros((len(summary), HIST + summary.shape[1] - H))

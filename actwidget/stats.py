@@ -272,10 +272,20 @@ class RunStats(Mapping[str, LayerStats]):
     @classmethod
     def load(cls, path: str | Path) -> RunStats:
         """Read stats written by `save`."""
-        with np.load(Path(path), allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not an actwidget stats file")
+        not_ours = ValueError(f"{path} is not an actwidget stats file")
+        try:
+            data = np.load(Path(path), allow_pickle=False)
+        except ValueError as e:  # not an .npy/.npz file
+            raise not_ours from e
+        if not isinstance(data, Mapping):  # a single .npy array
+            raise not_ours
+        with data:
+            try:
+                meta = json.loads(str(data["meta"]))
+            except (KeyError, ValueError):
+                meta = None
+            if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+                raise not_ours
             out = cls(StatsConfig(**meta["config"]))
             for i, name in enumerate(meta["layers"]):
                 out._layers[name] = LayerStats(name, out.config, data[f"layer{i}"])

@@ -109,8 +109,9 @@ class ActivationWidget(widgets.VBox):
         self.stop_button = StopButton()
         self.stop_button.on_stop(self._on_stop)
         self.toggles = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
-        all_btn = widgets.Button(description="all", layout=widgets.Layout(width="auto"))
-        none_btn = widgets.Button(description="none", layout=widgets.Layout(width="auto"))
+        fixed = {"width": "auto", "flex": "0 0 auto"}  # never squeezed by the toggles
+        all_btn = widgets.Button(description="all", layout=widgets.Layout(**fixed))
+        none_btn = widgets.Button(description="none", layout=widgets.Layout(**fixed))
         all_btn.on_click(lambda _: self.show_layers(None))
         none_btn.on_click(lambda _: self.show_layers([]))
         self.x_scale = bq.LinearScale()
@@ -124,7 +125,7 @@ class ActivationWidget(widgets.VBox):
                     bq.Axis(scale=bq.LinearScale(), side="left", tick_format=".3g"),
                 ],
                 fig_margin={"top": 40, "bottom": 40, "left": 55, "right": 10},
-                layout=widgets.Layout(width="33%", height="260px", min_width="260px"),
+                layout=widgets.Layout(width="32%", height="260px", min_width="260px"),
             )
             fig.axes[1].scale.allow_padding = False
             self.charts[key] = fig
@@ -136,7 +137,14 @@ class ActivationWidget(widgets.VBox):
                 widgets.HBox(
                     [self.status, self.stop_button], layout=widgets.Layout(align_items="center")
                 ),
-                widgets.HBox([widgets.Label("layers:"), self.toggles, all_btn, none_btn]),
+                widgets.HBox(
+                    [
+                        widgets.Label("layers:", layout=widgets.Layout(**fixed)),
+                        self.toggles,
+                        all_btn,
+                        none_btn,
+                    ]
+                ),
                 widgets.HBox(
                     list(self.charts.values()), layout=widgets.Layout(flex_flow="row wrap")
                 ),
@@ -155,16 +163,14 @@ class ActivationWidget(widgets.VBox):
                 scales={"x": self.x_scale, "y": fig.axes[1].scale},
                 colors=[color],
                 labels=[name],
-                display_legend=key == "mean",
                 stroke_width=1.5,
             )
             lines[key] = line
             fig.marks = [*fig.marks, line]
-        self.charts["mean"].legend_location = "top-right"
         hmax = self.stats.config.hist_max
-        heat = bq.HeatMap(
-            x=np.zeros(2, np.float32),
-            y=np.zeros(2, np.float32),
+        heat = bq.HeatMap(  # placeholder data with a non-empty domain (a [0, 0] one breaks
+            x=np.array([0.0, 1.0], np.float32),  # the axis's tick format in the browser)
+            y=np.array([0.0, hmax], np.float32),
             color=np.zeros((2, 2), np.float32),
             scales={"x": bq.LinearScale(), "y": bq.LinearScale(min=0.0, max=hmax),
                     "color": bq.ColorScale(scheme="viridis")},

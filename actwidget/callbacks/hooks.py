@@ -89,6 +89,8 @@ class StoreModuleStatsCB(HooksCallback):
         super().__init__(StoreModuleStats, mods, mod_filter, on_train, on_valid, hook_kwargs)
         self._stats = RunStats(config)
         self.batches = 0  # recorded batches so far, across fits: the x axis
+        self._in_batch = False  # between before_batch and the batch's count
+        self._calls = 0  # the hooks' forward calls at before_batch
         self.learn: Any = None
         self.listeners: list[Listener] = []
 
@@ -109,15 +111,28 @@ class StoreModuleStatsCB(HooksCallback):
         self._notify("before_epoch", learn)
 
     def before_batch(self, learn: Any) -> None:
+        self._in_batch = True
+        self._calls = sum(h.calls for h in self.hooks)
         for h in self.hooks:
             h.step = self.batches
 
     def after_batch(self, learn: Any) -> None:
+        self._end_batch(learn)
+        self._notify("after_batch", learn)
+
+    def cleanup_batch(self, learn: Any) -> None:
+        # A batch cancelled or failed after its forward pass was recorded under this step:
+        # count it, so that the next batch (or fit) does not merge into its column.
+        if self._in_batch and sum(h.calls for h in self.hooks) != self._calls:
+            self._end_batch(learn)
+        self._in_batch = False
+
+    def _end_batch(self, learn: Any) -> None:
+        self._in_batch = False
         if self.on_train if learn.training else self.on_valid:
             self.batches += 1
             if self.batches % self.flush_every == 0:
                 self.flush()
-        self._notify("after_batch", learn)
 
     def after_epoch(self, learn: Any) -> None:
         self._notify("after_epoch", learn)
@@ -146,6 +161,9 @@ class StoreModuleStatsCB(HooksCallback):
 
     def reset(self) -> None:
         """Forget everything recorded (the next fit starts at batch 0)."""
+        for h in self.hooks:  # records not yet moved to the host belong to the old run
+            h._pending.clear()
+            h.step = 0
         self._stats.clear()
         self.batches = 0
 
