@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn, optim
-from torcheval.metrics import MulticlassAccuracy
 
 from ._util import noop, set_seed
 from .callbacks import DeviceCB, MetricsCB, ProgressCB, default_device, to_device
 from .callbacks.hooks import HooksCallback, StoreModuleStatsCB
+from .callbacks.metrics import MulticlassAccuracy
 from .data import DataLoaders, fashion_mnist
 from .hooks import Hook, Hooks, StatsHooks, StoreModuleStats
 from .learner import (

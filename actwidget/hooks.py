@@ -197,8 +197,9 @@ def flush_hooks(hooks: Iterable[StoreModuleStats]) -> None:
                 parts.append(summarize(torch.stack([records[i][0] for i in idx]), config))
                 rows += idx
             summary = torch.cat(parts)[torch.argsort(torch.tensor(rows))]
-        nan = torch.full((2,), float("nan"), device=summary.device)
-        full = torch.stack([nan if r[1] is None else r[1].to(nan.dtype) for r in records])
+        nan = torch.full((), float("nan"), device=summary.device)
+        sums = [s.to(nan.dtype) for r in records for s in (r[1] or (nan, nan))]
+        full = torch.stack(sums).view(-1, 2)
         host = torch.cat([summary, full.to(summary.dtype)], 1).cpu().numpy()
         meta = np.array([r[2:] for r in records], dtype=np.float64)
         cols = to_columns(host[:, :-2], host[:, -2:], meta[:, 0], meta[:, 1], meta[:, 2])

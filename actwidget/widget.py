@@ -23,6 +23,7 @@ import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
+from ._interrupt import graceful_sigint
 from ._stop import StopButton
 from .callbacks.hooks import StoreModuleStatsCB
 from .stats import LayerStats, RunStats
@@ -246,13 +247,22 @@ class ActivationWidget(widgets.VBox):
         return self._thread
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait for the background run; re-raises its error, if any."""
+        """Wait for the background run; re-raises its error, if any.
+
+        While this waits the kernel is busy, so Stop interrupts it as for a blocking fit:
+        the first interrupt asks the run to stop at the next batch, a second stops waiting.
+        """
         if self._thread is None:
             return
-        self._thread.join(timeout)
+        self.stop_button.interrupt_on_busy = True
+        try:
+            with graceful_sigint(self._stop_run):
+                self._thread.join(timeout)
+        finally:
+            if self._thread.is_alive():  # timed out or interrupted: the run goes on
+                self.stop_button.interrupt_on_busy = False
         if self._thread.is_alive():
             raise TimeoutError(f"the background run is still going after {timeout} s")
-        self.stop_button.interrupt_on_busy = True
         if self._thread_error is not None:
             err, self._thread_error = self._thread_error, None
             raise err
@@ -297,6 +307,11 @@ class ActivationWidget(widgets.VBox):
             self._set_state("failed", f"{type(learn.error).__name__}: {learn.error}")
         else:
             self._set_state("finished")
+
+    def _stop_run(self) -> None:
+        """Ask the current run to stop (from wait()'s SIGINT handler)."""
+        if self.learn is not None:
+            self.learn.request_stop()
 
     def _on_stop(self, run_id: int) -> bool:
         learn = self.learn

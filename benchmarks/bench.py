@@ -19,6 +19,7 @@ medians over rounds), never compared with absolute thresholds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -47,7 +48,7 @@ def heavy_net() -> nn.Module:
     """Five 3x3 conv layers with 32-64 channels at full 28x28 resolution, then a linear head."""
     chans = [1, 32, 64, 64, 64, 64]
     layers: list[nn.Module] = []
-    for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+    for cin, cout in itertools.pairwise(chans):
         layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
@@ -173,8 +174,18 @@ def estimator_error(device: str) -> list[list]:
 
 def synthetic_stats(n_batches: int, n_layers: int, chunk: int = 20_000):
     """A RunStats fed `n_batches` one-batch columns per layer (numpy only, fast)."""
-    from actwidget.stats import BATCHES, COUNT, HIST, MEAN, NUMEL, STEP_FIRST, STEP_LAST, M2
-    from actwidget.stats import STEP_SUM, RunStats
+    from actwidget.stats import (
+        BATCHES,
+        COUNT,
+        HIST,
+        M2,
+        MEAN,
+        NUMEL,
+        STEP_FIRST,
+        STEP_LAST,
+        STEP_SUM,
+        RunStats,
+    )
 
     stats = RunStats()
     rng = np.random.default_rng(0)
@@ -248,8 +259,9 @@ def widget_table() -> list[list]:
                 w._redraw(heatmaps=heat, force=True)
                 times.append(time.perf_counter() - t0)
                 sent = sum(c.bytes for c in comms) - before
-            rows.append([f"{size:,}", "lines + heatmaps" if heat else "lines",
-                         f"{statistics.median(times) * 1e3:.1f}", f"{sent / 1024:.0f}"])  # fmt: skip
+            what = "lines + heatmaps" if heat else "lines"
+            ms = statistics.median(times) * 1e3
+            rows.append([f"{size:,}", what, f"{ms:.1f}", f"{sent / 1024:.0f}"])
     return rows
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import html
+import warnings
 from typing import Any
 
 import torch
 from IPython.display import HTML, display
-from torcheval.metrics import Mean, Metric
+
+with warnings.catch_warnings():  # torcheval uses torch.jit.script, deprecated in torch 2.10+
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    from torcheval.metrics import Mean, Metric, MulticlassAccuracy  # noqa: F401 (re-exported)
 
 from actwidget._util import in_notebook
 from actwidget.learner import Callback
