@@ -27,7 +27,7 @@ class ProgressCB(Callback):
     Widgets (`bar`, `label`, `fig`) are created and displayed in `before_fit`, in notebooks only.
     """
 
-    order = MetricsCB.order + 1
+    order = MetricsCB.order - 1  # its epoch line ends before MetricsCB prints the row
 
     def __init__(self, plot: bool = False) -> None:
         self.plot = plot
@@ -67,6 +67,7 @@ class ProgressCB(Callback):
         self._t0 = time.perf_counter()
         self._last_draw = -float("inf")
         self._done = 0
+        self._ended = False
         self._valid_sum: torch.Tensor | float = 0.0
         self._valid_n = 0
         if self.bar is not None:
@@ -90,9 +91,11 @@ class ProgressCB(Callback):
         if self.fig is not None and not learn.training and self._valid_n:
             self._pending_valid.append(self._valid_sum / self._valid_n)
             self._valid_x.append(learn.epoch + 1.0)
+        self._show(learn, time.perf_counter(), final=True)
 
     def cleanup_epoch(self, learn: Any) -> None:
-        self._show(learn, time.perf_counter(), final=True)
+        if not self._ended:  # cancelled or failed: end the line all the same
+            self._show(learn, time.perf_counter(), final=True)
 
     def cleanup_fit(self, learn: Any) -> None:
         if self.fig is not None:
@@ -110,6 +113,7 @@ class ProgressCB(Callback):
             self._valid_n += n
 
     def _show(self, learn: Any, now: float, final: bool) -> None:
+        self._ended = final
         n = learn.n_iter
         rate = self._done / max(now - self._t0, 1e-9)
         phase = "train" if learn.training else "eval"
