@@ -56,8 +56,9 @@ class Sampler:
         if idx is None:
             if len(self._index) > 8:  # a few shapes (e.g. the last, short batch) are enough
                 self._index.clear()
-            gen = torch.Generator().manual_seed(self._seed ^ n)
-            idx = torch.randint(n, (self.size,), generator=gen).sort().values.to(x.device)
+            # Drawn on x's device: no host->device copy (a sync on CUDA), even the first time.
+            gen = torch.Generator(x.device).manual_seed(self._seed ^ n)
+            idx = torch.randint(n, (self.size,), generator=gen, device=x.device).sort().values
             self._index[key] = idx
         return x[idx], (x.sum(), torch.dot(x, x))  # stacked later, in bulk: fewer launches
 
