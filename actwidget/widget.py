@@ -123,7 +123,7 @@ class ActivationWidget(widgets.VBox):
                 marks=[],
                 axes=[
                     bq.Axis(scale=self.x_scale, label="batch"),
-                    bq.Axis(scale=bq.LinearScale(), side="left", tick_format=".3g"),
+                    bq.Axis(scale=bq.LinearScale(), side="left", tick_format=".3~g"),
                 ],
                 fig_margin={"top": 40, "bottom": 40, "left": 55, "right": 10},
                 layout=widgets.Layout(width="32%", height="260px", min_width="260px"),
@@ -194,7 +194,6 @@ class ActivationWidget(widgets.VBox):
         toggle.observe(self._on_toggle, "value")
         self._views[name] = {"lines": lines, "heat": heat, "hfig": hfig, "toggle": toggle}
         self.toggles.children = [*self.toggles.children, toggle]
-        self.heatmaps.children = [*self.heatmaps.children, hfig]
 
     def _sync_layers(self) -> None:
         for name in list(self.stats):
@@ -404,6 +403,11 @@ class ActivationWidget(widgets.VBox):
             display = "flex" if on and view.get("ready") else "none"
             if view["hfig"].layout.display != display:
                 view["hfig"].layout.display = display
+        # A hidden heatmap leaves the box rather than staying there with `display: none`:
+        # bqplot hides a figure laid out at zero size and may not draw it again when shown.
+        shown = [v["hfig"] for v in self._views.values() if v["hfig"].layout.display != "none"]
+        if list(self.heatmaps.children) != shown:
+            self.heatmaps.children = shown
 
 
 def _escape(text: str) -> str:

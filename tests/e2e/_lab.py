@@ -468,6 +468,18 @@ def open_notebook(
     expect(page.locator(KERNEL_IDLE)).to_be_visible(timeout=timeout)
 
 
+def collapse_left_area(page: Page) -> None:
+    """Close JupyterLab's left sidebar (the file browser), giving the notebook the width."""
+    _ensure_js(page)
+    page.evaluate(
+        """async () => {
+          const app = window.__e2e.app();
+          if (!app.shell.leftCollapsed) await app.commands.execute('application:toggle-left-area');
+        }"""
+    )
+    page.wait_for_function("() => window.jupyterapp.shell.leftCollapsed", timeout=10_000)
+
+
 def wait_kernel_idle(page: Page, timeout: float = DEFAULT_TIMEOUT_MS) -> None:
     """Wait until the notebook's kernel reports idle (model + toolbar indicator).
     Note: during "Run all" the kernel can be idle for a moment between cells; to know
