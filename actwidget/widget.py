@@ -192,7 +192,18 @@ class ActivationWidget(widgets.VBox):
         )  # fmt: skip
         toggle.style.text_color = color
         toggle.observe(self._on_toggle, "value")
-        self._views[name] = {"lines": lines, "heat": heat, "hfig": hfig, "toggle": toggle}
+        # Links in the browser: the toggle hides the marks at once even while a blocking fit
+        # keeps the kernel busy; the kernel catches up (rescale, heatmap box) when free.
+        links = [
+            widgets.jsdlink((toggle, "value"), (m, "visible")) for m in [*lines.values(), heat]
+        ]
+        self._views[name] = {
+            "lines": lines,
+            "heat": heat,
+            "hfig": hfig,
+            "toggle": toggle,
+            "links": links,
+        }
         self.toggles.children = [*self.toggles.children, toggle]
 
     def _sync_layers(self) -> None:

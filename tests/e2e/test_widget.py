@@ -137,6 +137,7 @@ PROBES_JS = """() => {
       const href = el.getAttribute('href')
         || el.getAttributeNS('http://www.w3.org/1999/xlink', 'href') || '';
       const r = { title, shown: shown(f, root) && f.getBoundingClientRect().width > 0,
+                  image_shown: shown(el, root),
                   png: href.startsWith('data:image/png'), colors: 0, w: 0, h: 0 };
       if (r.png) {
         const img = new Image();
@@ -278,6 +279,16 @@ def test_blocking_fit_renders_live_and_stop_ends_the_cell(lab, page):
     expect(w.header).to_contain_text("running")  # still training: Stop has work to do
     w.screenshot("widget-blocking-rendered")
 
+    # Toggles act during the blocking fit too (linked in the browser, not via the kernel).
+    button, n = w.toggle(TOGGLED), N_LAYERS * N_CHARTS
+    button.click()
+    w.wait_visible_lines(n - N_CHARTS)
+    w.wait_heatmaps(f"hs.some((h) => h.title === {TOGGLED!r} && !h.image_shown)")
+    button.click()
+    w.wait_visible_lines(n)
+    w.wait_heatmaps("hs.every((h) => h.image_shown)")
+    expect(w.header).to_contain_text("running")  # all that happened while training ran
+
     dt = measure_click_to_output(page, w.stop, 2, "fit returned", timeout=30_000)
     fit.wait(timeout=10_000)
     fit_text = cell_output_text(page, 2)
@@ -297,9 +308,7 @@ def test_blocking_fit_renders_live_and_stop_ends_the_cell(lab, page):
     wait_kernel_idle(page)
     w.screenshot("widget-blocking-stopped")
 
-    # The kernel is free again: the toggles act on the stopped run's charts.  (During a
-    # blocking fit the kernel is busy, so a toggle takes effect only when the cell ends;
-    # live toggling is checked in the background test.)
+    # The kernel is free again: the toggles act on the stopped run's charts.
     w.check_toggle_off_and_on("widget-blocking-toggled-off")
 
 
