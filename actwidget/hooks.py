@@ -117,30 +117,34 @@ class StoreModuleStats(Hook):
         self.step: int | None = None
         self.calls = 0  # forward calls made in a recorded mode
         self.flush_every = flush_every
-        size = self.stats.config.sample_size
+        self._config = self.stats.config
+        size = self._config.sample_size
         self._sampler = None if size is None else Sampler(self.name, size)
         self._pending: list[tuple] = []
         self._warned = False
         super().__init__(m, type(self)._record)
 
     def _record(self, m: nn.Module, inputs: Any, out: Any) -> None:
+        # The hot path: a few attribute reads, one strided copy (and two sums with
+        # exact_moments); no host sync. Everything else happens in `flush_hooks`.
         if not (self.on_train if m.training else self.on_valid):
             return
         self.calls += 1
-        if (self.calls - 1) % self.periodicity:
+        if self.periodicity > 1 and (self.calls - 1) % self.periodicity:
             return
-        t = first_float_tensor(out)
-        if t is None or t.numel() == 0:
+        t = out if type(out) is torch.Tensor else first_float_tensor(out)
+        if t is None or not t.is_floating_point() or t.numel() == 0:
             self._warn(out)
             return
         x = flat_float(t)
+        n = x.numel()
         if self._sampler is None:  # exact mode: summarise now, keep only the summary
-            kept, full, taken = summarize(x[None], self.stats.config)[0], None, x.numel()
+            kept, full, taken = summarize(x[None], self._config, precise=True)[0], None, n
         else:  # sampled: keep the sample, summarise many at once in `flush_hooks`
-            kept, full = self._sampler(x)
+            kept, full = self._sampler(x, self._config.exact_moments)
             taken = kept.numel()
         step = self.calls - 1 if self.step is None else self.step
-        self._pending.append((kept, full, x.numel(), taken, step))
+        self._pending.append((kept, full, n, taken, step))
         if len(self._pending) >= self.flush_every:
             self.flush()
 
@@ -197,12 +201,12 @@ def flush_hooks(hooks: Iterable[StoreModuleStats]) -> None:
                 parts.append(summarize(torch.stack([records[i][0] for i in idx]), config))
                 rows += idx
             summary = torch.cat(parts)[torch.argsort(torch.tensor(rows))]
-        nan = torch.full((), float("nan"), device=summary.device)
-        sums = [s.to(nan.dtype) for r in records for s in (r[1] or (nan, nan))]
-        full = torch.stack(sums).view(-1, 2)
+        nan = torch.full((), float("nan"), device=summary.device)  # float32, like the sums
+        full = torch.stack([s for r in records for s in (r[1] or (nan, nan))]).view(-1, 2)
         host = torch.cat([summary, full.to(summary.dtype)], 1).cpu().numpy()
         meta = np.array([r[2:] for r in records], dtype=np.float64)
-        cols = to_columns(host[:, :-2], host[:, -2:], meta[:, 0], meta[:, 1], meta[:, 2])
+        has_full = np.array([r[1] is not None for r in records])
+        cols = to_columns(host[:, :-2], host[:, -2:], meta[:, 0], meta[:, 1], meta[:, 2], has_full)
         start = 0
         for h, pending in taken:
             h.stats.append(h.name, cols[start : start + len(pending)])

@@ -36,16 +36,21 @@ class StatsConfig:
       fastai's `near_zero` threshold; the course's looser "dead chart" is the first histogram
       bin, |a| < hist_max / bins (0.25 by default), available as `hist[:, 0]`.
     - `capacity`: time columns kept per layer (even); older columns merge pairwise.
-    - `sample_size`: values per layer per call used for the histogram, near-zero and
-      non-finite counts (scaled to the full size); mean and std are exact. `None` = exact
-      everything (slower on large activations). Layers no larger than it are always exact.
+    - `sample_size`: about this many values per layer and call, at fixed strided positions,
+      give the histogram, near-zero and non-finite counts (scaled to the full size), and the
+      mean and std. Layers no larger than it are recorded exactly. `None`: everything exact
+      (several passes over each activation: slow on large ones).
+    - `exact_moments`: with a sample, also compute the exact mean and std over the whole
+      activation (two more passes), which also detects any non-finite value (counted as at
+      least one even when the sample misses it).
     """
 
     bins: int = 40
     hist_max: float = 10.0
     near_zero: float = 0.05
     capacity: int = 1024
-    sample_size: int | None = 4096
+    sample_size: int | None = 2048
+    exact_moments: bool = False
 
     def __post_init__(self) -> None:
         if self.bins < 1:

@@ -136,7 +136,8 @@ def test_sampled_large_layer():
     model = nn.Sequential(big, small)
     mods = [big[0], big[1], small]
     cap = Capture(mods)
-    with StatsHooks(mods, model=model) as hooks:
+    config = StatsConfig(sample_size=4096, exact_moments=True)
+    with StatsHooks(mods, model=model, config=config) as hooks:
         run(model, n_calls=4, bs=32, n_in=8, scale=2.0)
     cap.remove()
     stats = hooks.stats
@@ -150,17 +151,41 @@ def test_sampled_large_layer():
             d = direct([out], DEFAULT)
             n = d["numel"]
             assert n == 80_000 and s.numel[i] == n
-            # Mean and std are exact: computed from sums over the whole activation.
+            # exact_moments: mean and std from sums over the whole activation.
             assert s.mean[i] == pytest.approx(d["mean"], rel=1e-5, abs=1e-6)
             assert s.std[i] == pytest.approx(d["std"], rel=1e-5)
             assert s.nonfinite[i] == 0
-            # Histogram and near-zero come from 4096 sampled values, scaled to the full size:
-            # a proportion p has a standard error sqrt(p(1-p)/4096) <= 0.0078; allow ~5 of them.
+            # Histogram and near-zero come from ~4096 sampled values, scaled to the full size:
+            # a proportion p has a standard error sqrt(p(1-p)/4000) <= 0.008; allow ~5 of them.
             assert s.hist[i].sum() == pytest.approx(n, rel=1e-9)
             assert np.abs(s.hist[i] / n - d["hist"] / n).max() < 0.04
             assert s.near_zero[i] == pytest.approx(d["near_zero"], abs=0.04)
     relu = stats["0.1 (ReLU)"]
     assert (relu.near_zero > 0.4).all() and (relu.hist[:, 0] / relu.numel > 0.4).all()
+
+
+def test_default_estimator_on_a_large_layer():
+    """The default samples everything, mean and std included: close, within stated bounds."""
+    torch.manual_seed(3)
+    lin = nn.Linear(8, 5000)  # 64 * 5000 = 320,000 values per call
+    cap = Capture([lin])
+    hook = StoreModuleStats(lin)
+    with torch.no_grad():
+        for _ in range(3):
+            lin(torch.randn(64, 8) * 3)
+    hook.remove()
+    cap.remove()
+    s = hook.layer_stats
+    for i, out in enumerate(cap.outs[lin]):
+        d = direct([out], DEFAULT)
+        k = DEFAULT.sample_size
+        # A sample of ~k values: standard errors std/sqrt(k) for the mean, ~std/sqrt(2k)
+        # for the std, sqrt(p(1-p)/k) <= 0.011 for proportions; allow about 5 of them.
+        assert s.mean[i] == pytest.approx(d["mean"], abs=5 * d["std"] / k**0.5)
+        assert s.std[i] == pytest.approx(d["std"], rel=5 / (2 * k) ** 0.5)
+        assert s.near_zero[i] == pytest.approx(d["near_zero"], abs=0.055)
+        assert np.abs(s.hist[i] - d["hist"]).max() / d["numel"] < 0.055
+        assert s.hist[i].sum() == pytest.approx(d["numel"]) and s.nonfinite[i] == 0
 
 
 @pytest.mark.parametrize("in_sample", [False, True])
@@ -178,7 +203,8 @@ def test_single_nan_in_a_big_sampled_layer(in_sample):
         return out
 
     lin.register_forward_hook(poison)  # registered first: the stats hook sees the NaN
-    hook = StoreModuleStats(lin, name=name)
+    config = StatsConfig(sample_size=4096, exact_moments=True)  # the sums see every value
+    hook = StoreModuleStats(lin, name=name, config=config)
     with torch.no_grad():
         out = lin(torch.randn(5, 4))
     hook.remove()
