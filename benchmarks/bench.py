@@ -363,8 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.core:
         _core_only_import()
-    rounds = 3 if args.quick else 7
-    steps = {"reference CNN": 20 if args.quick else 60, "heavy CNN": 3 if args.quick else 6}
+    rounds = 3 if args.quick else 9
+    steps = {"reference CNN": 20 if args.quick else 200, "heavy CNN": 3 if args.quick else 5}
     if args.device == "cuda":
         steps = {"reference CNN": 100, "heavy CNN": 50}
     out = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
