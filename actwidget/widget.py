@@ -69,11 +69,9 @@ class ActivationWidget(widgets.VBox):
     ) -> None:
         if max_columns < 2:
             raise ValueError(f"max_columns must be >= 2, got {max_columns}")
-        self.interval, self.heatmap_interval, self.max_columns = (
-            interval,
-            heatmap_interval,
-            max_columns,
-        )
+        self.interval = interval
+        self.heatmap_interval = heatmap_interval
+        self.max_columns = max_columns
         self.cb: StoreModuleStatsCB | None = None
         if isinstance(source, StoreModuleStatsCB):
             self.cb = source
@@ -89,7 +87,8 @@ class ActivationWidget(widgets.VBox):
         self.learn: Any = None
         self.state = "waiting"
         self.redraws = 0
-        self._t0 = self._last = self._last_heat = 0.0
+        self._t0 = self._last = self._last_heat = self._elapsed = 0.0
+        self._batches0 = 0  # the callback's batch count when this fit began
         self._version = -1
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
@@ -349,9 +348,6 @@ class ActivationWidget(widgets.VBox):
             if self.state == "running":
                 self._elapsed = elapsed
         self.status.value = " · ".join(p for p in parts if p)
-
-    _elapsed = 0.0
-    _batches0 = 0
 
     def _redraw(self, heatmaps: bool, force: bool = False) -> None:
         with self._lock:
