@@ -256,18 +256,23 @@ def assert_clean(text: str) -> None:
         assert bad not in text, text
 
 
-# --- tests ------------------------------------------------------------------------------
-
-
-def test_blocking_fit_renders_live_and_stop_ends_the_cell(lab, page):
+def open_waiting_widget(lab, page: Page, cells: list[str], name: str) -> WidgetView:
+    """Write and open a test notebook, run its set-up and widget cells: the widget waits."""
     page.set_viewport_size(TALL_VIEWPORT)
-    name = lab.write_notebook(make_notebook(*BLOCKING_CELLS), "widget_blocking.ipynb")
-    open_notebook(page, lab, name)
+    open_notebook(page, lab, lab.write_notebook(make_notebook(*cells), name))
     collapse_left_area(page)
     run_cell(page, 0, wait=True)
     run_cell(page, 1, wait=True)
     w = WidgetView(page, 1)
     expect(w.header).to_contain_text("waiting")
+    return w
+
+
+# --- tests ------------------------------------------------------------------------------
+
+
+def test_blocking_fit_renders_live_and_stop_ends_the_cell(lab, page):
+    w = open_waiting_widget(lab, page, BLOCKING_CELLS, "widget_blocking.ipynb")
     expect(w.stop).to_be_disabled()
 
     fit = run_cell(page, 2)  # blocks the kernel ...
@@ -313,14 +318,7 @@ def test_blocking_fit_renders_live_and_stop_ends_the_cell(lab, page):
 
 
 def test_background_fit_toggles_live_and_stop(lab, page):
-    page.set_viewport_size(TALL_VIEWPORT)
-    name = lab.write_notebook(make_notebook(*BACKGROUND_CELLS), "widget_background.ipynb")
-    open_notebook(page, lab, name)
-    collapse_left_area(page)
-    run_cell(page, 0, wait=True)
-    run_cell(page, 1, wait=True)
-    w = WidgetView(page, 1)
-    expect(w.header).to_contain_text("waiting")
+    w = open_waiting_widget(lab, page, BACKGROUND_CELLS, "widget_background.ipynb")
 
     # start() returns at once: the cell ends while the fit goes on.
     start = run_cell(page, 2)
