@@ -59,18 +59,24 @@ def near_zero_plot(stats: RunStats, layers: Sequence[str] | None = None, figsize
 def hist_plot(
     stats: RunStats, layers: Sequence[str] | None = None, ncols: int = 2, figsize=None
 ) -> Figure:
-    """One heatmap per layer: batch on x, |a| bin on y, log1p(count) as colour."""
+    """One heatmap per layer: batch on x, |a| bin on y (powers of two, or linear: see
+    `StatsConfig.hist`), log1p(count) as colour."""
     chosen = _layers(stats, layers)
     nrows = max(1, math.ceil(len(chosen) / ncols))
     fig, axs = _figure(nrows, ncols, figsize or (5 * ncols, 3 * nrows))
-    hi = stats.config.hist_max
+    config = stats.config
+    linear = config.hist == "linear"
+    top = config.hist_max if linear else config.bins
     for ax, s in zip(axs.flat, chosen, strict=False):
         if len(s):
             x0, x1 = s.step[0], s.step[-1] + 1
-            ax.imshow(np.log1p(s.hist.T), origin="lower", aspect="auto", extent=(x0, x1, 0, hi))
+            ax.imshow(np.log1p(s.hist.T), origin="lower", aspect="auto", extent=(x0, x1, 0, top))
         ax.set_title(s.name, fontsize="small")
         ax.set_xlabel("batch")
         ax.set_ylabel("|a|")
+        if not linear:  # one row per power of two: label every few
+            ticks = list(range(0, config.bins, max(config.bins // 6, 1)))
+            ax.set_yticks([t + 0.5 for t in ticks], [config.bin_label(t) for t in ticks])
     for ax in list(axs.flat)[len(chosen) :]:
         ax.set_axis_off()
     fig.tight_layout()

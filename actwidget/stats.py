@@ -4,70 +4,200 @@ Each layer keeps at most `capacity` time columns. A column holds one batch at fi
 the columns fill up, neighbours are merged pairwise (counts and histograms add, means and
 variances combine with Chan's parallel formula), so totals are never lost and memory stays
 bounded however long the run. All columns but the last span the same number of batches.
+A `RunStats` also holds the run's fit marks and alerts; it saves to and loads from `.npz`
+(and loads run directories, see `actwidget.runfile`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["LayerStats", "RunStats", "StatsConfig", "merge_groups"]
+__all__ = [
+    "HIST",
+    "Alert",
+    "Field",
+    "FitMark",
+    "LayerStats",
+    "RunStats",
+    "StatsConfig",
+    "StatsFileError",
+    "merge_groups",
+]
 
-# Column layout: one float64 row per time column.
-BATCHES, STEP_SUM, STEP_FIRST, STEP_LAST, NUMEL, COUNT, MEAN, M2, NEAR_ZERO, NONFINITE = range(10)
-HIST = 10
-_ADDITIVE = [BATCHES, STEP_SUM, NUMEL, COUNT, NEAR_ZERO, NONFINITE]
-_FORMAT = "actwidget-stats/1"
+
+class Field(IntEnum):
+    """The fields of one time column (one float64 row); the |a| histogram follows at `HIST`."""
+
+    BATCHES = 0  # batches in the column
+    STEP_SUM = 1  # sum of their batch indices (STEP_SUM / BATCHES is the column's x)
+    STEP_FIRST = 2
+    STEP_LAST = 3
+    NUMEL = 4  # activation values seen, finite or not
+    COUNT = 5  # finite values (the moments below are over these)
+    MEAN = 6
+    M2 = 7  # sum of squared deviations from MEAN
+    NEAR_ZERO = 8  # values with |a| <= near_zero
+    NONFINITE = 9  # NaN/inf values
+    UNITS = 10  # units (channels / features) seen, summed over batches
+    DEAD = 11  # units whose largest value in their batch was <= near_zero
+    G_COUNT = 12  # finite gradient values (of the loss w.r.t. the layer's output)
+    G_MEAN = 13
+    G_M2 = 14
+    G_ABS = 15  # sum of |g|
+    G_NONFINITE = 16
+
+
+HIST = len(Field)  # first histogram bin
+_MOMENTS = [(Field.COUNT, Field.MEAN, Field.M2), (Field.G_COUNT, Field.G_MEAN, Field.G_M2)]
+_ADDITIVE = [f for f in Field if f not in (Field.STEP_FIRST, Field.STEP_LAST, *_MOMENTS[0][1:])]
+_ADDITIVE = [f for f in _ADDITIVE if f not in _MOMENTS[1][1:]]
+_FORMAT = "actwidget-stats/2"
+_MAX_BINS = 4096
+_MAX_CAPACITY = 1 << 16
+_MAX_SAMPLE = 1 << 24
+
+
+class FitMark(NamedTuple):
+    """Where a fit began: its number (1, 2, ...) and its first batch index."""
+
+    fit: int
+    batch: int
+
+
+class Alert(NamedTuple):
+    """Something wrong, seen in a layer's stats: what, where, when, and what usually fixes it.
+
+    `kind` is one of "nonfinite", "exploding", "vanishing", "dead"; `batch` is the batch
+    index (the charts' x) where it was seen; `value` the number that triggered it.
+    """
+
+    kind: str
+    layer: str
+    batch: int
+    epoch: int | None
+    value: float
+    message: str
+    fit: int = 1
+
+
+class StatsFileError(ValueError):
+    """A stats file or run directory that cannot be read: says which and what is wrong."""
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+
+
+def _check_float(name: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    bad = not math.isfinite(value) or value > hi or (value <= lo if lo_open else value < lo)
+    if bad:
+        where = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+        raise ValueError(f"{name} must be a finite number in {where}, got {value}")
 
 
 @dataclass(frozen=True)
 class StatsConfig:
     """What is recorded per forward call, and how much is kept.
 
-    - `bins`, `hist_max`: the histogram of |a| has `bins` equal bins over [0, hist_max];
-      values above `hist_max` are counted in the last bin, so the bins add up to the number
-      of finite values. Bins are closed on the left, like `torch.histc`.
-    - `near_zero`: a value counts as near zero when |a| <= near_zero. The default 0.05 is
-      fastai's `near_zero` threshold; the course's looser "dead chart" is the first histogram
-      bin, |a| < hist_max / bins (0.25 by default), available as `hist[:, 0]`.
+    - `hist`: how |a| is binned. "log" (default): one bin per power of two from
+      2**log_range[0] to 2**log_range[1], plus a zero bin below and an overflow bin above,
+      so that magnitudes of every order show. "linear": the course's view, `bins` equal
+      bins over [0, hist_max], values above hist_max in the last bin. Bins are closed on the
+      left and add up to the number of finite values.
+    - `near_zero`: |a| <= near_zero counts as near zero (fastai's threshold, 0.05). A unit
+      (channel or feature) is dead in a batch when its largest value is <= near_zero.
     - `capacity`: time columns kept per layer (even); older columns merge pairwise.
     - `sample_size`: about this many values per layer and call, at fixed strided positions,
-      give the histogram, near-zero and non-finite counts (scaled to the full size), and the
-      mean and std. Layers no larger than it are recorded exactly. `None`: everything exact
-      (several passes over each activation: slow on large ones).
-    - `exact_moments`: with a sample, also compute the exact mean and std over the whole
-      activation (two more passes), which also detects any non-finite value (counted as at
-      least one even when the sample misses it).
+      give the histogram and the near-zero fraction (scaled to the full size). Layers no
+      larger are recorded exactly. `None`: everything exact (slow on large activations).
+    - `exact_moments`: mean, std and NaN/inf detection over the whole activation (default);
+      False takes them from the sample too (cheaper, std within a few percent).
+    - `grads`: also record the gradient flowing back into each layer's output (its mean,
+      std, mean |g| and NaN/inf), during backward, for the same cost rules.
     """
 
-    bins: int = 40
+    hist: str = "log"
+    bins: int | None = None
     hist_max: float = 10.0
+    log_range: tuple[int, int] = (-24, 8)
     near_zero: float = 0.05
     capacity: int = 1024
     sample_size: int | None = 2048
-    exact_moments: bool = False
+    exact_moments: bool = True
+    grads: bool = True
 
     def __post_init__(self) -> None:
-        if self.bins < 1:
-            raise ValueError(f"bins must be >= 1, got {self.bins}")
-        if not self.hist_max > 0:
-            raise ValueError(f"hist_max must be > 0, got {self.hist_max}")
-        if self.near_zero < 0:
-            raise ValueError(f"near_zero must be >= 0, got {self.near_zero}")
-        if self.capacity < 2 or self.capacity % 2:
-            raise ValueError(f"capacity must be an even number >= 2, got {self.capacity}")
-        if self.sample_size is not None and self.sample_size < 1:
-            raise ValueError(f"sample_size must be >= 1 or None, got {self.sample_size}")
+        if self.hist not in ("log", "linear"):
+            raise ValueError(f'hist must be "log" or "linear", got {self.hist!r}')
+        if self.hist == "log":
+            lo, hi = self.log_range
+            _check_int("log_range[0]", lo, -126, 126)
+            _check_int("log_range[1]", hi, lo + 1, 127)
+            object.__setattr__(self, "log_range", (int(lo), int(hi)))
+            if self.bins is not None and self.bins != hi - lo + 2:
+                raise ValueError(
+                    f'with hist="log", bins is one per power of two plus zero and overflow '
+                    f"bins ({hi - lo + 2} for log_range {self.log_range}); leave it None"
+                )
+            object.__setattr__(self, "bins", hi - lo + 2)
+        else:
+            object.__setattr__(self, "bins", 40 if self.bins is None else self.bins)
+            _check_int("bins", self.bins, 1, _MAX_BINS)
+        _check_float("hist_max", self.hist_max, 0.0, 3.4e38, lo_open=True)
+        _check_float("near_zero", self.near_zero, 0.0, 3.4e38)
+        _check_int("capacity", self.capacity, 2, _MAX_CAPACITY)
+        if self.capacity % 2:
+            raise ValueError(f"capacity must be even, got {self.capacity}")
+        if self.sample_size is not None:
+            _check_int("sample_size", self.sample_size, 16, _MAX_SAMPLE)
+        for name in ("exact_moments", "grads"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     @property
     def width(self) -> int:
         """Number of float64 fields in one column."""
         return HIST + self.bins
+
+    @property
+    def edges(self) -> np.ndarray:
+        """The histogram's bin edges (bins + 1 values; the last bin also holds larger |a|)."""
+        if self.hist == "linear":
+            return np.linspace(0.0, self.hist_max, self.bins + 1)
+        lo, hi = self.log_range
+        return np.concatenate([[0.0], 2.0 ** np.arange(lo, hi + 1), [np.inf]])
+
+    def bin_label(self, i: int) -> str:
+        """A short label for bin `i`, e.g. '2^-3' (log) or '0.25' (linear lower edge)."""
+        if self.hist == "linear":
+            return f"{self.edges[i]:g}"
+        lo = self.log_range[0]
+        return "0" if i == 0 else f"2^{lo + i - 1}"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StatsConfig:
+        """A config from `asdict(config)` (as saved in files); unknown keys are an error."""
+        d = dict(d)
+        if "log_range" in d and d["log_range"] is not None:
+            d["log_range"] = tuple(d["log_range"])
+        d.setdefault("hist", "linear" if "log_range" not in d else "log")
+        return cls(**d)
 
 
 def merge_groups(cols: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -76,35 +206,50 @@ def merge_groups(cols: np.ndarray, starts: np.ndarray) -> np.ndarray:
     add = np.add.reduceat
     out[:, _ADDITIVE] = add(cols[:, _ADDITIVE], starts, axis=0)
     out[:, HIST:] = add(cols[:, HIST:], starts, axis=0)
-    out[:, STEP_FIRST] = np.minimum.reduceat(cols[:, STEP_FIRST], starts)
-    out[:, STEP_LAST] = np.maximum.reduceat(cols[:, STEP_LAST], starts)
-    n = cols[:, COUNT]
-    has = n > 0
-    mean = np.where(has, cols[:, MEAN], 0.0)
-    tot = out[:, COUNT]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gmean = np.where(tot > 0, add(n * mean, starts) / tot, np.nan)
+    out[:, Field.STEP_FIRST] = np.minimum.reduceat(cols[:, Field.STEP_FIRST], starts)
+    out[:, Field.STEP_LAST] = np.maximum.reduceat(cols[:, Field.STEP_LAST], starts)
     sizes = np.diff(np.append(starts, len(cols)))
-    dev = np.where(has, mean - np.repeat(np.nan_to_num(gmean), sizes), 0.0)
-    out[:, MEAN] = gmean
-    out[:, M2] = add(np.where(has, cols[:, M2], 0.0) + n * dev * dev, starts)
+    for count, mean_f, m2_f in _MOMENTS:
+        n = cols[:, count]
+        has = n > 0
+        mean = np.where(has, cols[:, mean_f], 0.0)
+        tot = out[:, count]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gmean = np.where(tot > 0, add(n * mean, starts) / tot, np.nan)
+        dev = np.where(has, mean - np.repeat(np.nan_to_num(gmean), sizes), 0.0)
+        out[:, mean_f] = gmean
+        out[:, m2_f] = add(np.where(has, cols[:, m2_f], 0.0) + n * dev * dev, starts)
     return out
 
 
 def _combine_steps(rows: np.ndarray) -> np.ndarray:
     """Merge consecutive rows of the same step (calls within one batch) into one batch each."""
-    step = rows[:, STEP_FIRST]
+    step = rows[:, Field.STEP_FIRST]
     starts = np.flatnonzero(np.r_[True, step[1:] != step[:-1]])
     if len(starts) == len(rows):
         return rows
     out = merge_groups(rows, starts)
-    out[:, BATCHES] = 1
-    out[:, STEP_SUM] = out[:, STEP_FIRST]
+    out[:, Field.BATCHES] = 1
+    out[:, Field.STEP_SUM] = out[:, Field.STEP_FIRST]
     return out
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _std(m2: np.ndarray, n: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(np.where(n > 1, m2 / np.maximum(n - 1, 1), np.nan))
+
+
 class LayerStats:
-    """The recorded series of one layer, as numpy arrays with one entry per time column."""
+    """The recorded series of one layer, as numpy arrays with one entry per time column.
+
+    A `LayerStats` read from `RunStats.snapshot()` (what recorders hand out) never changes:
+    its series always have equal lengths, whatever training does meanwhile.
+    """
 
     def __init__(self, name: str, config: StatsConfig, cols: np.ndarray | None = None) -> None:
         self.name = name
@@ -112,7 +257,7 @@ class LayerStats:
         self._cols = np.empty((0, config.width)) if cols is None else np.asarray(cols, float)
         self._width = 1  # batches per full column
         if len(self._cols):
-            self._width = int(2 ** np.ceil(np.log2(max(self._cols[:, BATCHES].max(), 1))))
+            self._width = int(2 ** np.ceil(np.log2(max(self._cols[:, Field.BATCHES].max(), 1))))
 
     def __len__(self) -> int:
         return len(self._cols)
@@ -122,7 +267,7 @@ class LayerStats:
 
     @property
     def columns(self) -> np.ndarray:
-        """The raw (columns, fields) float64 array; see the field constants in this module."""
+        """The raw (columns, fields) float64 array, indexed by `Field` (histogram at `HIST`)."""
         return self._cols
 
     @property
@@ -130,25 +275,32 @@ class LayerStats:
         """How many batches each full column spans (doubles whenever columns merge)."""
         return self._width
 
+    def copy(self) -> LayerStats:
+        """A copy that later appends to this one do not change (the arrays are shared:
+        appends replace them, never write into them)."""
+        out = LayerStats(self.name, self.config)
+        out._cols, out._width = self._cols, self._width
+        return out
+
     def append(self, cols: np.ndarray) -> None:
         """Add one-batch columns in step order; calls of the same step combine into one batch."""
         rows = np.asarray(cols, float)
         if not len(rows):
             return
         rows = _combine_steps(rows)
-        if len(self._cols) and self._cols[-1, STEP_LAST] == rows[0, STEP_FIRST]:
+        if len(self._cols) and self._cols[-1, Field.STEP_LAST] == rows[0, Field.STEP_FIRST]:
             # More calls of the batch the last column ended with: no new batch.
             both = merge_groups(np.stack([self._cols[-1], rows[0]]), np.array([0]))
-            both[0, BATCHES] -= 1
-            both[0, STEP_SUM] -= rows[0, STEP_FIRST]
+            both[0, Field.BATCHES] -= 1
+            both[0, Field.STEP_SUM] -= rows[0, Field.STEP_FIRST]
             self._cols = np.concatenate([self._cols[:-1], both])
             rows = rows[1:]
             if not len(rows):
                 return
-        if len(self._cols) and self._cols[-1, BATCHES] < self._width:
+        if len(self._cols) and self._cols[-1, Field.BATCHES] < self._width:
             rows = np.concatenate([self._cols[-1:], rows])  # the partial column fills up first
             self._cols = self._cols[:-1]
-        done = np.cumsum(rows[:, BATCHES]) - rows[:, BATCHES]
+        done = np.cumsum(rows[:, Field.BATCHES]) - rows[:, Field.BATCHES]
         group = (done // self._width).astype(np.int64)
         starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
         self._cols = np.concatenate([self._cols, merge_groups(rows, starts)])
@@ -161,55 +313,81 @@ class LayerStats:
 
     def coarsened(self, max_columns: int) -> LayerStats:
         """A copy with at most `max_columns` columns, neighbours merged exactly."""
-        out = LayerStats(self.name, self.config, self._cols)
-        out._width = self._width
+        out = self.copy()
         while len(out._cols) > max_columns:
             out._compact()
+        return out
+
+    def since(self, batch: float) -> LayerStats:
+        """A copy holding only the columns that end at or after `batch`."""
+        out = self.copy()
+        out._cols = self._cols[self._cols[:, Field.STEP_LAST] >= batch]
         return out
 
     # The public series.
     @property
     def step(self) -> np.ndarray:
         """The mean batch index of each column (the x axis)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self._cols[:, STEP_SUM] / self._cols[:, BATCHES]
+        return _ratio(self._cols[:, Field.STEP_SUM], self._cols[:, Field.BATCHES])
 
     @property
     def batches(self) -> np.ndarray:
         """How many batches each column spans."""
-        return self._cols[:, BATCHES]
+        return self._cols[:, Field.BATCHES]
 
     @property
     def numel(self) -> np.ndarray:
         """Activation values seen per column, finite or not."""
-        return self._cols[:, NUMEL]
+        return self._cols[:, Field.NUMEL]
 
     @property
     def mean(self) -> np.ndarray:
         """Mean of the finite activation values in each column."""
-        return self._cols[:, MEAN]
+        return self._cols[:, Field.MEAN]
 
     @property
     def std(self) -> np.ndarray:
         """Standard deviation (unbiased, like `Tensor.std`) of the finite values per column."""
-        n = self._cols[:, COUNT]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.sqrt(np.where(n > 1, self._cols[:, M2] / (n - 1), np.nan))
+        return _std(self._cols[:, Field.M2], self._cols[:, Field.COUNT])
 
     @property
     def near_zero(self) -> np.ndarray:
         """Fraction of values with |a| <= config.near_zero in each column."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self._cols[:, NEAR_ZERO] / self._cols[:, NUMEL]
+        return _ratio(self._cols[:, Field.NEAR_ZERO], self._cols[:, Field.NUMEL])
 
     @property
     def nonfinite(self) -> np.ndarray:
-        """Count of NaN/inf values per column."""
-        return self._cols[:, NONFINITE]
+        """Count of NaN/inf values per column (at least 1 where any was seen)."""
+        return self._cols[:, Field.NONFINITE]
+
+    @property
+    def dead(self) -> np.ndarray:
+        """Fraction of units (channels / features) that stayed near zero over a whole batch."""
+        return _ratio(self._cols[:, Field.DEAD], self._cols[:, Field.UNITS])
+
+    @property
+    def grad_mean(self) -> np.ndarray:
+        """Mean of the finite gradient values at the layer's output per column (NaN: none)."""
+        return np.where(self._cols[:, Field.G_COUNT] > 0, self._cols[:, Field.G_MEAN], np.nan)
+
+    @property
+    def grad_std(self) -> np.ndarray:
+        """Std of the finite gradient values at the layer's output per column."""
+        return _std(self._cols[:, Field.G_M2], self._cols[:, Field.G_COUNT])
+
+    @property
+    def grad_abs(self) -> np.ndarray:
+        """Mean |g| of the gradient at the layer's output per column."""
+        return _ratio(self._cols[:, Field.G_ABS], self._cols[:, Field.G_COUNT])
+
+    @property
+    def grad_nonfinite(self) -> np.ndarray:
+        """Count of NaN/inf gradient values per column (at least 1 where any was seen)."""
+        return self._cols[:, Field.G_NONFINITE]
 
     @property
     def hist(self) -> np.ndarray:
-        """Histogram counts of |a|, shape (columns, bins)."""
+        """Histogram counts of |a|, shape (columns, bins); bin edges in `config.edges`."""
         return self._cols[:, HIST:]
 
     @property
@@ -223,12 +401,23 @@ class LayerStats:
         return self.hist
 
 
+@dataclass
+class _Meta:
+    fits: list[FitMark] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+
+
 class RunStats(Mapping[str, LayerStats]):
-    """The stats of one run: layer name -> LayerStats, plus the settings; saved and loaded."""
+    """The stats of one run: layer name -> LayerStats, the settings, fit marks and alerts.
+
+    Writers (a recorder) change it under `lock`; readers take `snapshot()`, a frozen copy
+    that costs no array copies.
+    """
 
     def __init__(self, config: StatsConfig | None = None) -> None:
         self.config = config or StatsConfig()
         self._layers: dict[str, LayerStats] = {}
+        self._meta = _Meta()
         self.lock = threading.RLock()
         self.version = 0  # bumped on every change, so viewers can tell when to redraw
 
@@ -236,13 +425,38 @@ class RunStats(Mapping[str, LayerStats]):
         return self._layers[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._layers)
+        return iter(list(self._layers))
 
     def __len__(self) -> int:
         return len(self._layers)
 
     def __repr__(self) -> str:
         return f"RunStats({list(self._layers)}, {self.config})"
+
+    @property
+    def fits(self) -> list[FitMark]:
+        """Where each fit began, in order."""
+        return list(self._meta.fits)
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert raised in this run, in order."""
+        return list(self._meta.alerts)
+
+    @property
+    def batches(self) -> int:
+        """One past the last recorded batch index (0 when empty)."""
+        ends = [s.columns[-1, Field.STEP_LAST] + 1 for s in self._layers.values() if len(s)]
+        return int(max(ends, default=0))
+
+    def snapshot(self) -> RunStats:
+        """A frozen, consistent copy: later recording does not change it."""
+        with self.lock:
+            out = RunStats(self.config)
+            out._layers = {n: s.copy() for n, s in self._layers.items()}
+            out._meta = _Meta(list(self._meta.fits), list(self._meta.alerts))
+            out.version = self.version
+        return out
 
     def layer(self, name: str) -> LayerStats:
         """The layer called `name`, created empty on first use."""
@@ -258,40 +472,128 @@ class RunStats(Mapping[str, LayerStats]):
             self.layer(name).append(cols)
             self.version += 1
 
-    def clear(self) -> None:
-        """Forget all recorded layers."""
+    def mark_fit(self, batch: int) -> FitMark:
+        """Record that a new fit begins at `batch`; returns its mark."""
         with self.lock:
-            self._layers.clear()
+            mark = FitMark(len(self._meta.fits) + 1, int(batch))
+            self._meta.fits.append(mark)
+            self.version += 1
+            return mark
+
+    def add_alert(self, alert: Alert) -> None:
+        """Record an alert."""
+        with self.lock:
+            self._meta.alerts.append(alert)
             self.version += 1
 
+    def clear(self) -> None:
+        """Forget all recorded layers, fits and alerts."""
+        with self.lock:
+            self._layers.clear()
+            self._meta = _Meta()
+            self.version += 1
+
+    # Files.
     def save(self, path: str | Path) -> Path:
-        """Write the stats, layer names and settings to an `.npz` file; returns its path."""
+        """Write the stats, layer names, settings, fits and alerts to an `.npz` file."""
         path = Path(path)
         with self.lock:
-            meta = {"format": _FORMAT, "config": asdict(self.config), "layers": list(self)}
+            meta = {
+                "format": _FORMAT,
+                "config": asdict(self.config),
+                "layers": list(self._layers),
+                "fits": [list(f) for f in self._meta.fits],
+                "alerts": [a._asdict() for a in self._meta.alerts],
+            }
             arrays = {f"layer{i}": s.columns for i, s in enumerate(self._layers.values())}
-            with path.open("wb") as f:
-                np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays)
+        with path.open("wb") as f:
+            np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> RunStats:
-        """Read stats written by `save`."""
-        not_ours = ValueError(f"{path} is not an actwidget stats file")
+        """Read an `.npz` written by `save`, or a run directory (finished or still written).
+
+        Raises `StatsFileError` (naming the file and the problem) for anything unreadable.
+        """
+        path = Path(path)
+        if path.is_dir():
+            from .runfile import read_run  # only when a run directory is asked for
+
+            return read_run(path)
         try:
-            data = np.load(Path(path), allow_pickle=False)
-        except ValueError as e:  # not an .npy/.npz file
-            raise not_ours from e
-        if not isinstance(data, Mapping):  # a single .npy array
-            raise not_ours
-        with data:
-            try:
-                meta = json.loads(str(data["meta"]))
-            except (KeyError, ValueError):
-                meta = None
-            if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-                raise not_ours
-            out = cls(StatsConfig(**meta["config"]))
-            for i, name in enumerate(meta["layers"]):
-                out._layers[name] = LayerStats(name, out.config, data[f"layer{i}"])
+            return _load_npz(cls, path)
+        except StatsFileError:
+            raise
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+                zlib.error) as e:  # fmt: skip
+            raise StatsFileError(f"{path}: not a readable actwidget stats file ({e})") from e
+
+    @classmethod
+    def from_parts(
+        cls,
+        config: StatsConfig,
+        layers: Mapping[str, np.ndarray],
+        fits: list[FitMark] | None = None,
+        alerts: list[Alert] | None = None,
+        source: str = "stats",
+    ) -> RunStats:
+        """Build validated stats from raw columns (used by the file readers)."""
+        out = cls(config)
+        for name, cols in layers.items():
+            cols = np.asarray(cols)
+            if cols.ndim != 2 or cols.shape[1] != config.width or cols.dtype.kind != "f":
+                raise StatsFileError(
+                    f"{source}: layer {name!r} has columns of shape {cols.shape} "
+                    f"({cols.dtype}); expected (n, {config.width}) floats for this config"
+                )
+            if len(cols) > config.capacity:
+                raise StatsFileError(
+                    f"{source}: layer {name!r} has {len(cols)} columns, more than the "
+                    f"capacity {config.capacity}"
+                )
+            if len(cols) and not (cols[:, Field.BATCHES] >= 1).all():
+                raise StatsFileError(f"{source}: layer {name!r} has columns without batches")
+            out._layers[str(name)] = LayerStats(str(name), config, cols.astype(float))
+        out._meta = _Meta(list(fits or []), list(alerts or []))
         return out
+
+
+def _load_npz(cls: type[RunStats], path: Path) -> RunStats:
+    not_ours = StatsFileError(f"{path}: not an actwidget stats file")
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, Mapping):  # a single .npy array
+        raise not_ours
+    with data:
+        try:
+            meta = json.loads(str(data["meta"]))
+        except (KeyError, ValueError) as e:
+            raise not_ours from e
+        if not isinstance(meta, dict) or meta.get("format") not in (_FORMAT, "actwidget-stats/1"):
+            raise not_ours
+        try:
+            config = StatsConfig.from_dict(meta["config"])
+            names = [str(n) for n in meta["layers"]]
+            fits = [FitMark(*map(int, f)) for f in meta.get("fits", [])]
+            alerts = [Alert(**a) for a in meta.get("alerts", [])]
+        except (KeyError, TypeError, ValueError) as e:
+            raise StatsFileError(f"{path}: bad header ({e})") from e
+        arrays = {}
+        for i, name in enumerate(names):
+            if f"layer{i}" not in data:
+                raise StatsFileError(f"{path}: layer {name!r} (layer{i}) is missing")
+            cols = data[f"layer{i}"]
+            if meta["format"] == "actwidget-stats/1" and cols.ndim == 2:
+                cols = _upgrade_v1(cols)
+            arrays[name] = cols
+    return cls.from_parts(config, arrays, fits, alerts, source=str(path))
+
+
+def _upgrade_v1(cols: np.ndarray) -> np.ndarray:
+    """Columns of format 1 (10 fields, then the histogram) in today's layout."""
+    out = np.zeros((len(cols), cols.shape[1] + HIST - 10))
+    out[:, :10] = cols[:, :10]
+    out[:, HIST:] = cols[:, 10:]
+    return out

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Capture, assert_column, direct, no_hooks
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -58,46 +59,9 @@ def raiser(exc):
     return act
 
 
-class Capture:
-    """Clones every output of `m` with its mode; a separate hook from the one under test."""
-
-    def __init__(self, m):
-        self.outs = []
-        self.handle = m.register_forward_hook(
-            lambda m, i, o: self.outs.append((m.training, o.detach().clone()))
-        )
-
-    def remove(self):
-        self.handle.remove()
-
-
-def direct(acts, config=DEFAULT):
-    a = torch.cat([t.reshape(-1) for t in acts])
-    return {
-        "numel": a.numel(),
-        "mean": a.double().mean().item(),
-        "std": a.double().std().item(),
-        "near_zero": (a.abs() <= config.near_zero).sum().item() / a.numel(),
-        "hist": torch.histc(a.abs().clamp(max=config.hist_max), config.bins, 0, config.hist_max),
-    }
-
-
-def assert_column(s, i, acts):
-    d = direct(acts)
-    assert s.numel[i] == d["numel"] and s.batches[i] == 1
-    assert s.mean[i] == pytest.approx(d["mean"], rel=1e-6, abs=1e-7)
-    assert s.std[i] == pytest.approx(d["std"], rel=1e-6, abs=1e-7)
-    assert s.near_zero[i] == pytest.approx(d["near_zero"], rel=1e-12)
-    np.testing.assert_array_equal(s.hist[i], d["hist"].numpy())
-
-
-def no_hooks(model) -> bool:
-    return all(not m._forward_hooks for m in model.modules())
-
-
 def test_records_each_batch_exactly_with_layer_names():
     learn = make_learner()
-    cap = [Capture(m) for m in learn.model]
+    cap = [Capture([m]) for m in learn.model]
     cb = StoreModuleStatsCB(mods=learn.model)
     learn.fit(2, cbs=[cb])
     for c in cap:
@@ -105,8 +69,8 @@ def test_records_each_batch_exactly_with_layer_names():
     stats = cb.stats
     assert list(stats) == ["0 (Linear)", "1 (ReLU)", "2 (Linear)"]
     assert cb.batches == 6 and no_hooks(learn.model)
-    for c, name in zip(cap, stats, strict=True):
-        train = [o for training, o in c.outs if training]
+    for c, m, name in zip(cap, learn.model, stats, strict=True):
+        train = [o for o, training in zip(c.outs[m], c.modes[m], strict=True) if training]
         s = stats[name]
         assert len(s) == 6
         np.testing.assert_array_equal(s.step, np.arange(6))
@@ -140,15 +104,17 @@ def test_cnn_layer_names():
 )
 def test_on_train_on_valid_reach_the_hooks(on_train, on_valid, phases):
     learn = make_learner()
-    cap = Capture(learn.model[0])
-    cb = StoreModuleStatsCB(mods=learn.model[0], on_train=on_train, on_valid=on_valid)
+    m = learn.model[0]
+    cap = Capture([m])
+    cb = StoreModuleStatsCB(mods=m, on_train=on_train, on_valid=on_valid)
     learn.fit(2, cbs=[cb])
     cap.remove()
     s = cb.stats["0 (Linear)"]
     assert cb.batches == len(phases) == len(s)
     sizes = {"t": BS_TRAIN * 6, "v": BS_VALID * 6}
     np.testing.assert_array_equal(s.numel, [sizes[p] for p in phases])
-    kept = [o for training, o in cap.outs if (on_train if training else on_valid)]
+    pairs = zip(cap.outs[m], cap.modes[m], strict=True)
+    kept = [o for o, training in pairs if (on_train if training else on_valid)]
     for i, out in enumerate(kept):
         assert_column(s, i, [out])
     np.testing.assert_array_equal(s.step, np.arange(len(phases)))
@@ -158,19 +124,21 @@ def test_on_train_on_valid_reach_the_hooks(on_train, on_valid, phases):
     )
     learn.fit(1, cbs=[hc])
     assert [(h.on_train, h.on_valid) for h in hc.hooks] == [(on_train, on_valid)]
+    hc.hooks[0].flush()
     assert hc.hooks[0].calls == len(phases) // 2
     assert no_hooks(learn.model)
 
 
 def test_periodicity_through_the_callback():
     learn = make_learner(n_train=40)  # 10 training batches
-    cap = Capture(learn.model[0])
-    cb = StoreModuleStatsCB(mods=[learn.model[0]], hook_kwargs={"periodicity": 3})
+    m = learn.model[0]
+    cap = Capture([m])
+    cb = StoreModuleStatsCB(mods=[m], hook_kwargs={"periodicity": 3})
     learn.fit(1, cbs=[cb])
     s = cb.stats["0 (Linear)"]
     assert cb.batches == 10
     np.testing.assert_array_equal(s.step, [0, 3, 6, 9])
-    train = [o for training, o in cap.outs if training]
+    train = [o for o, training in zip(cap.outs[m], cap.modes[m], strict=True) if training]
     for i, batch in enumerate([0, 3, 6, 9]):
         assert_column(s, i, [train[batch]])
 
@@ -187,14 +155,14 @@ class Twice(nn.Module):
 
 def test_module_called_twice_per_batch_is_one_column():
     learn = make_learner(Twice())
-    cap = Capture(learn.model.lin)
+    cap = Capture([learn.model.lin])
     cb = StoreModuleStatsCB(mods=[learn.model.lin], on_valid=True)
     learn.fit(1, cbs=[cb])
     s = cb.stats["lin (Linear)"]
     assert len(s) == cb.batches == 5
     np.testing.assert_array_equal(s.step, np.arange(5))
     np.testing.assert_array_equal(s.numel, [2 * BS_TRAIN * 5] * 3 + [2 * BS_VALID * 5] * 2)
-    outs = [o for _, o in cap.outs]
+    outs = cap.outs[learn.model.lin]
     for i in range(5):
         assert_column(s, i, outs[2 * i : 2 * i + 2])
 
@@ -282,10 +250,10 @@ def test_empty_selection_raises():
     with pytest.raises(ValueError, match="selected no modules"):
         learn.fit(1, cbs=[cb])
     assert no_hooks(learn.model) and len(cb.stats) == 0
-    # The default filter selects every module, the model itself included.
+    # The default selects every leaf module.
     cb = StoreModuleStatsCB()
     learn.fit(1, valid=False, cbs=[cb])
-    assert list(cb.stats) == ["model (Sequential)", "0 (Linear)", "1 (ReLU)", "2 (Linear)"]
+    assert list(cb.stats) == ["0 (Linear)", "1 (ReLU)", "2 (Linear)"]
     cb = StoreModuleStatsCB(mod_filter=lambda m: isinstance(m, nn.ReLU))
     learn.fit(1, valid=False, cbs=[cb])
     assert list(cb.stats) == ["1 (ReLU)"]
@@ -293,43 +261,41 @@ def test_empty_selection_raises():
 
 def test_fit_twice_appends_and_reset_starts_over(tmp_path):
     learn = make_learner()
-    cap = Capture(learn.model[2])
+    m = learn.model[2]
+    cap = Capture([m])
     cb = StoreModuleStatsCB(mods=learn.model, config=StatsConfig(capacity=4))
     events = []
-    cb.listeners.append(lambda event, learn: events.append((event, cb.batches)))
+    cb.subscribe(lambda event, src: events.append((event.value, src.status.batch)))
     learn.fit(1, cbs=[cb])
     learn.fit(1, cbs=[cb])
     assert cb.batches == 6
     s = cb.stats["2 (Linear)"]
     assert s.batches.sum() == 6 and len(s) == 3 and s.batches_per_column == 2
-    train = [o for training, o in cap.outs if training]
+    train = [o for o, training in zip(cap.outs[m], cap.modes[m], strict=True) if training]
     assert s.numel.sum() == sum(o.numel() for o in train)
     np.testing.assert_allclose(s.step, [0.5, 2.5, 4.5])
     assert s.mean[1] == pytest.approx(direct(train[2:4])["mean"], rel=1e-6)
-    assert [e for e in events if e[0] != "after_batch"] == [
-        ("before_fit", 0),
-        ("before_epoch", 0),
-        ("after_epoch", 3),
-        ("before_epoch", 3),
-        ("after_epoch", 3),
-        ("cleanup_fit", 3),
-        ("before_fit", 3),
-        ("before_epoch", 3),
-        ("after_epoch", 6),
-        ("before_epoch", 6),
-        ("after_epoch", 6),
-        ("cleanup_fit", 6),
+    assert [tuple(f) for f in cb.stats.fits] == [(1, 0), (2, 3)]
+    assert [e for e in events if e[0] not in ("batch", "flush")] == [
+        ("fit_start", 0),
+        ("epoch", 0),
+        ("epoch", 3),
+        ("fit_end", 3),
+        ("fit_start", 3),
+        ("epoch", 3),
+        ("epoch", 6),
+        ("fit_end", 6),
     ]
-    assert [b for e, b in events if e == "after_batch"] == [1, 2, 3, 3, 3, 4, 5, 6, 6, 6]
+    assert [b for e, b in events if e == "batch"] == [1, 2, 3, 4, 5, 6]
     # Save, reset, load.
     path = cb.save(tmp_path / "s.npz")
     cb.reset()
-    assert cb.batches == 0 and len(cb.stats) == 0
+    assert cb.batches == 0 and all(len(s) == 0 for s in cb.stats.values())
     learn.fit(1, cbs=[cb])
     assert cb.batches == 3 and [len(s) for s in cb.stats.values()] == [3, 3, 3]
     np.testing.assert_array_equal(cb.stats["0 (Linear)"].step, [0, 1, 2])
     back = cb.load(path)
-    assert cb.stats is back and cb.batches == 6
+    assert cb.batches == 6
     np.testing.assert_array_equal(back["2 (Linear)"].columns, s.columns)
     learn.fit(1, valid=False, cbs=[cb])  # continues the loaded run
     assert cb.batches == 9 and cb.stats["2 (Linear)"].batches.sum() == 9
@@ -350,7 +316,8 @@ class SyncCounter:
     METHODS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__")
 
     OURS = tuple(
-        f"actwidget/{f}" for f in ("hooks.py", "_summary.py", "stats.py", "callbacks/hooks.py")
+        f"actwidget/{f}"
+        for f in ("recorder.py", "hooks.py", "_summary.py", "stats.py", "callbacks/hooks.py")
     )
 
     def __init__(self, monkeypatch):
@@ -380,7 +347,8 @@ def test_no_host_sync_per_layer_per_batch(monkeypatch, config):
     model = nn.Sequential(nn.Linear(5, 300), nn.ReLU(), nn.Linear(300, 20), nn.Linear(20, 3))
     learn = make_learner(model, n_train=40)  # 10 training batches, the first layer sampled
     cb = StoreModuleStatsCB(mods=model, on_valid=True, config=config)
-    assert cb.flush_every > 12
+    cb.recorder.flush_interval = 1e9  # flush only when asked: count what happens meanwhile
+    assert cb.recorder.flush_every > 12
     seen = {}
 
     class Probe(Callback):
@@ -391,7 +359,7 @@ def test_no_host_sync_per_layer_per_batch(monkeypatch, config):
                 return
             seen["during"] = dict(counter.counts)
             seen["where"] = list(counter.where)
-            seen["pending"] = sum(len(h._pending) for h in cb.hooks)
+            seen["pending"] = len(cb.recorder._pending)
             counter.counts.clear()
             stats = cb.stats  # the one bulk transfer, like a widget reading mid-fit
             seen["read"] = dict(counter.counts)

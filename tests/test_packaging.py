@@ -1,4 +1,4 @@
-"""The wheel ships js/stop.js as actwidget/_static/stop.js, and _stop.py finds it there."""
+"""The wheel ships js/stop.js as actwidget/_static/stop.js, and widget/_stop.py finds it there."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_wheel_contains_stop_js(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         assert "actwidget/_static/stop.js" in names
-        assert "actwidget/_stop.py" in names
+        assert "actwidget/widget/_stop.py" in names
         assert zf.read("actwidget/_static/stop.js") == (ROOT / "js" / "stop.js").read_bytes()
     assert not any(name.endswith(".test.js") for name in names)
 
@@ -39,7 +39,9 @@ def test_wheel_contains_stop_js(wheel: Path) -> None:
 def test_installed_module_uses_packaged_js(wheel: Path, tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(tmp_path)
-    spec = importlib.util.spec_from_file_location("_wheel_stop", tmp_path / "actwidget/_stop.py")
+    spec = importlib.util.spec_from_file_location(
+        "_wheel_stop", tmp_path / "actwidget/widget/_stop.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -33,9 +33,11 @@ def close_figures():
 def stats() -> RunStats:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    with StatsHooks(model, model=model, config=StatsConfig(bins=10, capacity=8)) as hooks:
+    config = StatsConfig(hist="linear", bins=10, capacity=8)
+    with StatsHooks(model, model=model, config=config) as hooks:
         for _ in range(13):
             model(torch.randn(5, 4))
+            hooks.step()
     stats = hooks.stats
     stats.layer("never called")
     return stats
@@ -83,6 +85,20 @@ def test_hist_plot_one_image_per_layer(stats, ncols, rows):
     x0, x1, y0, y1 = images[2][0].get_extent()
     assert (x0, x1, y0, y1) == (s.step[0], s.step[-1] + 1, 0, 10)
     assert all(not ax.axison for ax in fig.axes[4:])
+
+
+def test_hist_plot_log_bins_are_labelled_by_powers_of_two():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    with StatsHooks(model, model=model) as hooks:  # the default: log bins
+        for _ in range(3):
+            model(torch.randn(5, 4))
+            hooks.step()
+    fig = hist_plot(hooks.stats)
+    ax = fig.axes[0]
+    assert ax.get_images()[0].get_extent()[3] == 34  # one row per bin
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "0" and labels[1].startswith("2^")
 
 
 def test_unknown_layer_raises(stats):

@@ -10,7 +10,7 @@ import pytest
 from actwidget import stats as S
 from actwidget.stats import LayerStats, RunStats, StatsConfig, merge_groups
 
-CFG = StatsConfig(bins=40, hist_max=10.0, near_zero=0.05, capacity=64)
+CFG = StatsConfig(hist="linear", bins=40, hist_max=10.0, near_zero=0.05, capacity=64)
 
 
 def columns_from_values(vals: np.ndarray, steps: np.ndarray, config: StatsConfig = CFG):
@@ -30,14 +30,15 @@ def columns_from_values(vals: np.ndarray, steps: np.ndarray, config: StatsConfig
     b = np.where(finite, b, config.bins) + np.arange(n)[:, None] * (config.bins + 1)
     hist = np.bincount(b.ravel(), minlength=n * (config.bins + 1)).reshape(n, -1)[:, :-1]
     cols = np.zeros((n, config.width))
-    cols[:, S.BATCHES] = 1
-    cols[:, S.STEP_SUM] = cols[:, S.STEP_FIRST] = cols[:, S.STEP_LAST] = steps
-    cols[:, S.NUMEL] = k
-    cols[:, S.COUNT] = count
-    cols[:, S.MEAN] = mean
-    cols[:, S.M2] = (dev * dev).sum(1)
-    cols[:, S.NEAR_ZERO] = ((a <= config.near_zero) & finite).sum(1)
-    cols[:, S.NONFINITE] = k - count
+    cols[:, S.Field.BATCHES] = 1
+    cols[:, S.Field.STEP_SUM] = cols[:, S.Field.STEP_FIRST] = cols[:, S.Field.STEP_LAST] = steps
+    cols[:, S.Field.NUMEL] = k
+    cols[:, S.Field.COUNT] = count
+    cols[:, S.Field.MEAN] = mean
+    cols[:, S.Field.M2] = (dev * dev).sum(1)
+    cols[:, S.Field.NEAR_ZERO] = ((a <= config.near_zero) & finite).sum(1)
+    cols[:, S.Field.NONFINITE] = k - count
+    cols[:, S.Field.G_MEAN] = np.nan  # no gradient recorded
     cols[:, S.HIST :] = hist
     return cols
 
@@ -53,12 +54,12 @@ def random_values(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
 
 def pooled(cols: np.ndarray) -> tuple[float, float]:
     """Overall mean and unbiased variance pooled from columns (Chan's formula)."""
-    n = cols[:, S.COUNT]
+    n = cols[:, S.Field.COUNT]
     has = n > 0
-    mean = np.where(has, cols[:, S.MEAN], 0.0)
+    mean = np.where(has, cols[:, S.Field.MEAN], 0.0)
     tot = n.sum()
     gmean = (n * mean).sum() / tot
-    m2 = (np.where(has, cols[:, S.M2], 0.0) + n * (mean - gmean) ** 2).sum()
+    m2 = (np.where(has, cols[:, S.Field.M2], 0.0) + n * (mean - gmean) ** 2).sum()
     return gmean, m2 / (tot - 1)
 
 
@@ -70,23 +71,47 @@ def check_invariants(s: LayerStats, last_step: float) -> None:
     assert np.all(s.batches[:-1] == w), "all full columns span the same number of batches"
     assert 1 <= s.batches[-1] <= w
     assert np.all(np.diff(s.step) > 0), "steps increase"
-    assert np.all(cols[1:, S.STEP_FIRST] == cols[:-1, S.STEP_LAST] + 1), "no gap, no overlap"
-    assert cols[0, S.STEP_FIRST] == 0 and cols[-1, S.STEP_LAST] == last_step
+    assert np.all(cols[1:, S.Field.STEP_FIRST] == cols[:-1, S.Field.STEP_LAST] + 1), (
+        "no gap, no overlap"
+    )
+    assert cols[0, S.Field.STEP_FIRST] == 0 and cols[-1, S.Field.STEP_LAST] == last_step
 
 
 def test_config_validation():
-    assert StatsConfig().width == S.HIST + 40
+    assert StatsConfig().width == S.HIST + 34  # log bins: 2**-24 .. 2**8, zero and overflow
+    assert StatsConfig(hist="linear").width == S.HIST + 40
     for bad in (
-        dict(bins=0),
+        dict(hist="linear", bins=0),
+        dict(hist="linear", bins=10**8),
+        dict(hist="log", bins=12),
+        dict(hist="cubic"),
         dict(hist_max=0),
+        dict(hist_max=float("inf")),
         dict(near_zero=-1),
+        dict(near_zero=float("nan")),
         dict(capacity=3),
         dict(capacity=0),
         dict(sample_size=0),
+        dict(sample_size=1),
+        dict(log_range=(8, -24)),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"must|bins|hist"):
+            StatsConfig(**bad)
+    for bad in (dict(hist="linear", bins=4.5), dict(sample_size=100.0), dict(capacity=True),
+                dict(exact_moments="yes"), dict(hist_max="1")):  # fmt: skip
+        with pytest.raises(TypeError, match="must be"):
             StatsConfig(**bad)
     StatsConfig(sample_size=None)
+
+
+def test_bin_edges_and_labels():
+    log = StatsConfig()
+    assert log.edges[0] == 0 and log.edges[1] == 2.0**-24 and log.edges[-2] == 2.0**8
+    assert np.isinf(log.edges[-1]) and len(log.edges) == log.bins + 1
+    assert log.bin_label(0) == "0" and log.bin_label(1) == "2^-24" and log.bin_label(33) == "2^8"
+    lin = StatsConfig(hist="linear", bins=4, hist_max=2.0)
+    np.testing.assert_array_equal(lin.edges, [0, 0.5, 1, 1.5, 2])
+    assert lin.bin_label(1) == "0.5"
 
 
 def test_pairwise_merging_keeps_totals_for_100k_batches():
@@ -103,10 +128,17 @@ def test_pairwise_merging_keeps_totals_for_100k_batches():
         check_invariants(s, hi - 1)
     cols = s.columns
     assert s.batches_per_column == 2048  # 10**5 / 64 rounded up to a power of two
-    for field in (S.BATCHES, S.NUMEL, S.COUNT, S.NEAR_ZERO, S.NONFINITE, S.STEP_SUM):
+    for field in (
+        S.Field.BATCHES,
+        S.Field.NUMEL,
+        S.Field.COUNT,
+        S.Field.NEAR_ZERO,
+        S.Field.NONFINITE,
+        S.Field.STEP_SUM,
+    ):
         assert cols[:, field].sum() == inputs[:, field].sum(), field
     np.testing.assert_array_equal(cols[:, S.HIST :].sum(0), inputs[:, S.HIST :].sum(0))
-    assert cols[:, S.NUMEL].sum() == n * k
+    assert cols[:, S.Field.NUMEL].sum() == n * k
     # Overall mean and variance equal those of the raw values.
     finite = vals[np.isfinite(vals)]
     mean, var = pooled(cols)
@@ -114,11 +146,11 @@ def test_pairwise_merging_keeps_totals_for_100k_batches():
     assert var == pytest.approx(finite.var(ddof=1), rel=1e-9)
     # And each column's moments equal those of the raw values it spans.
     for c in cols[[0, 7, -1]]:
-        lo, hi = int(c[S.STEP_FIRST]), int(c[S.STEP_LAST]) + 1
+        lo, hi = int(c[S.Field.STEP_FIRST]), int(c[S.Field.STEP_LAST]) + 1
         part = vals[lo:hi][np.isfinite(vals[lo:hi])]
-        assert c[S.COUNT] == part.size
-        assert c[S.MEAN] == pytest.approx(part.mean(), rel=1e-9, abs=1e-12)
-        assert c[S.M2] == pytest.approx(((part - part.mean()) ** 2).sum(), rel=1e-9)
+        assert c[S.Field.COUNT] == part.size
+        assert c[S.Field.MEAN] == pytest.approx(part.mean(), rel=1e-9, abs=1e-12)
+        assert c[S.Field.M2] == pytest.approx(((part - part.mean()) ** 2).sum(), rel=1e-9)
 
 
 def test_append_one_at_a_time_matches_bulk():
@@ -159,17 +191,19 @@ def test_merge_groups_equals_direct_computation():
     ends = np.r_[starts[1:], 50]
     for row, lo, hi in zip(out, starts, ends, strict=True):
         direct = columns_from_values(vals[lo:hi].reshape(1, -1), [0])[0]
-        for f in (S.NUMEL, S.COUNT, S.NEAR_ZERO, S.NONFINITE):
+        for f in (S.Field.NUMEL, S.Field.COUNT, S.Field.NEAR_ZERO, S.Field.NONFINITE):
             assert row[f] == direct[f]
         np.testing.assert_array_equal(row[S.HIST :], direct[S.HIST :])
-        assert row[S.MEAN] == pytest.approx(direct[S.MEAN], rel=1e-10, abs=1e-12, nan_ok=True)
-        assert row[S.M2] == pytest.approx(direct[S.M2], rel=1e-10)
-        assert row[S.BATCHES] == hi - lo
-        assert row[S.STEP_SUM] == sum(range(lo, hi))
-        assert (row[S.STEP_FIRST], row[S.STEP_LAST]) == (lo, hi - 1)
+        assert row[S.Field.MEAN] == pytest.approx(
+            direct[S.Field.MEAN], rel=1e-10, abs=1e-12, nan_ok=True
+        )
+        assert row[S.Field.M2] == pytest.approx(direct[S.Field.M2], rel=1e-10)
+        assert row[S.Field.BATCHES] == hi - lo
+        assert row[S.Field.STEP_SUM] == sum(range(lo, hi))
+        assert (row[S.Field.STEP_FIRST], row[S.Field.STEP_LAST]) == (lo, hi - 1)
     only_nan = merge_groups(cols[10:12], np.array([0]))
-    assert only_nan[0, S.COUNT] == 0 and np.isnan(only_nan[0, S.MEAN])
-    assert only_nan[0, S.M2] == 0 and only_nan[0, S.NONFINITE] == 14
+    assert only_nan[0, S.Field.COUNT] == 0 and np.isnan(only_nan[0, S.Field.MEAN])
+    assert only_nan[0, S.Field.M2] == 0 and only_nan[0, S.Field.NONFINITE] == 14
 
 
 def test_series_properties():
@@ -204,7 +238,14 @@ def test_coarsened_merges_exactly_and_leaves_the_original():
     np.testing.assert_array_equal(c.batches, [16] * 12 + [8])
     np.testing.assert_array_equal(s.columns, before)  # the original is unchanged
     assert len(s.coarsened(50)) == 50 and len(s.coarsened(1)) == 1
-    for f in (S.BATCHES, S.NUMEL, S.COUNT, S.NEAR_ZERO, S.NONFINITE, S.STEP_SUM):
+    for f in (
+        S.Field.BATCHES,
+        S.Field.NUMEL,
+        S.Field.COUNT,
+        S.Field.NEAR_ZERO,
+        S.Field.NONFINITE,
+        S.Field.STEP_SUM,
+    ):
         assert c.columns[:, f].sum() == inputs[:, f].sum()
     np.testing.assert_array_equal(c.hist.sum(0), inputs[:, S.HIST :].sum(0))
     mean, var = pooled(c.columns)
@@ -233,7 +274,9 @@ def test_run_stats_layers_version_and_clear():
 
 def test_save_load_round_trip(tmp_path):
     rng = np.random.default_rng(5)
-    cfg = StatsConfig(bins=8, hist_max=2.0, near_zero=0.1, capacity=4, sample_size=None)
+    cfg = StatsConfig(
+        hist="linear", bins=8, hist_max=2.0, near_zero=0.1, capacity=4, sample_size=None
+    )
     rs = RunStats(cfg)
     rs.append(
         "layers.0 (Conv2dWithReLU)", columns_from_values(random_values(rng, 9, 5), range(9), cfg)
@@ -267,7 +310,7 @@ def test_save_load_round_trip(tmp_path):
 def test_load_rejects_other_npz(tmp_path, arrays):
     path = tmp_path / "other.npz"
     np.savez(path, **arrays)
-    with pytest.raises(ValueError, match="not an actwidget stats file"):
+    with pytest.raises(S.StatsFileError, match=r"not (a readable )?(an )?actwidget stats file"):
         RunStats.load(path)
 
 
@@ -276,5 +319,8 @@ def test_load_rejects_other_files(tmp_path):
     np.save(npy, np.arange(3))
     text.write_text("hello")
     for path in (npy, text):
-        with pytest.raises(ValueError, match="not an actwidget stats file"):
+        with pytest.raises(
+            S.StatsFileError,
+            match=r"not (a readable )?(an )?actwidget stats file",
+        ):
             RunStats.load(path)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from actwidget._stop import (
+from actwidget.widget._stop import (
     ESM_PATH,
     StopButton,
     current_kernel_id,

@@ -1,4 +1,5 @@
-"""Device-side sampling and batched summaries (`actwidget._summary`) against direct torch."""
+"""Device-side summaries (`actwidget._summary`): per-call records and batched columns,
+checked against float64 torch on the same values."""
 
 from __future__ import annotations
 
@@ -6,24 +7,58 @@ import numpy as np
 import pytest
 import torch
 
-from actwidget import stats as S
-from actwidget._summary import BAD, NZ, S1, S2, H, Sampler, flat_float, summarize, to_columns
-from actwidget.stats import StatsConfig
+from actwidget._summary import (
+    S_BAD,
+    S_COUNT,
+    S_HIST,
+    S_M2,
+    S_NEAR,
+    S_SUM,
+    CallRecord,
+    GradRecord,
+    Probe,
+    build_columns,
+    flat_float,
+    grad_sums,
+    summarize,
+)
+from actwidget.stats import HIST, Field, StatsConfig
 
-CFG = StatsConfig()
+LINEAR = StatsConfig(hist="linear")
+LOG = StatsConfig()
 
 
-def direct_row(x: torch.Tensor, config: StatsConfig = CFG) -> dict:
-    """What one summary row must hold, computed plainly with torch (float64)."""
-    finite = x[x.isfinite()]  # float32, like the activation
-    a = finite.abs()
+def probe(config: StatsConfig = LOG, name: str = "layer", channels_first: bool = False) -> Probe:
+    return Probe(0, name, config, channels_first)
+
+
+def columns(records: list[CallRecord], config: StatsConfig = LOG, grads=()) -> np.ndarray:
+    layers, rows = build_columns(list(records), list(grads), config)
+    assert (layers == 0).all()
+    return rows
+
+
+def direct(x: torch.Tensor, config: StatsConfig) -> dict:
+    """What one column must hold, computed plainly in float64."""
+    x = x.double().reshape(-1)
+    fin = x[x.isfinite()]
+    a = fin.abs()
+    if config.hist == "linear":
+        hist = torch.histc(a.clamp(max=config.hist_max), config.bins, 0, config.hist_max)
+    else:
+        edges = torch.tensor(config.edges[1:-1], dtype=torch.float64)
+        hist = torch.bincount(torch.bucketize(a, edges, right=True), minlength=config.bins)
     return {
-        "s1": finite.double().sum().item(),
-        "s2": (finite.double() ** 2).sum().item(),
-        "near": (a <= config.near_zero).sum().item(),
+        "mean": fin.mean().item(),
+        "std": fin.std().item() if fin.numel() > 1 else float("nan"),
+        "near": (x.float().abs() <= config.near_zero).sum().item(),  # in float32, as recorded
         "bad": (~x.isfinite()).sum().item(),
-        "hist": torch.histc(a.clamp(max=config.hist_max), config.bins, 0, config.hist_max),
+        "hist": hist.double().numpy(),
     }
+
+
+def std_of(c: np.ndarray) -> float:
+    return float(np.sqrt(c[Field.M2] / (c[Field.COUNT] - 1)))
 
 
 def test_flat_float():
@@ -39,150 +74,174 @@ def test_flat_float():
     assert not flat_float(w).requires_grad
 
 
-def test_sampler_small_activation_is_copied_whole():
-    x = torch.randn(100)
-    sample, sums = Sampler("a", 100)(x)
-    assert sums is None and torch.equal(sample, x)
-    assert sample.data_ptr() != x.data_ptr()  # a copy: later in-place changes do not leak
-    x.zero_()
-    assert sample.abs().sum() > 0
+def test_positions_are_a_fixed_prime_stride_per_layer():
+    n, p = 10_000, Probe(0, "layer", StatsConfig(sample_size=256), False)
+    where = p.positions(n)
+    idx = torch.arange(n)[where]
+    assert 200 <= idx.numel() <= 256
+    step = where.step
+    assert step >= n // 256 and all(step % d for d in range(2, int(step**0.5) + 1))
+    assert idx.min() < step and idx.max() > n - step - 1  # spread over the activation
+    assert p.positions(n) is where  # the same positions every call
+    other = Probe(0, "other layer", StatsConfig(sample_size=256), False).positions(n)
+    assert other.start != where.start or other.step != where.step  # another offset per layer
+    for m in range(20, 60):
+        p.positions(m)
+    assert len(p._slices) <= 9  # the cache stays small
 
 
-def test_sampler_fixed_positions_and_exact_sums():
-    n, size = 10_000, 256
-    sampler = Sampler("layer", size)
-    x = torch.arange(n, dtype=torch.float32)
-    sample, sums = sampler(x)
-    assert sums is not None and size * 0.8 <= sample.numel() <= size  # about `size` values
-    idx = sample.long()
-    assert torch.equal(sample, x[idx])
-    steps = idx.diff()
-    assert (steps == steps[0]).all() and steps[0] >= n // size  # one fixed stride
-    step = int(steps[0])
-    assert all(step % d for d in range(2, int(step**0.5) + 1))  # a prime one
-    assert idx.min() < steps[0] and idx.max() > n - steps[0] - 1  # spread over the activation
-    exact = torch.stack([x.sum(), (x.double() ** 2).sum().float()])
-    torch.testing.assert_close(torch.stack(list(sums)), exact)
-    y = torch.randn(n)
-    again, _ = sampler(y)
-    assert torch.equal(again, y[idx])  # the same positions every call
-    assert sampler(y, sums=False)[1] is None  # exact sums only when asked for
-    other, _ = Sampler("other layer", size)(x)
-    assert not torch.equal(other, sample)  # a different offset per layer
-    assert torch.equal(Sampler("layer", size)(x)[0], sample)  # and reproducible
-    y[idx] = 7.0
-    assert sampler(y)[0].eq(7).all()  # a copy of the positions at call time
+def test_small_activation_is_copied_whole_and_exact():
+    x = torch.randn(8, 16)
+    rec = probe().forward(x, batch=3)
+    assert rec.sums is None and torch.equal(rec.sample, x.reshape(-1))
+    assert rec.sample.data_ptr() != x.data_ptr()  # a copy: later in-place changes don't leak
+    before = x.clone()
+    x.add_(100.0)
+    c = columns([rec])[0]
+    d = direct(before, LOG)
+    assert c[Field.STEP_FIRST] == 3 and c[Field.NUMEL] == 128 and c[Field.NONFINITE] == 0
+    assert c[Field.MEAN] == pytest.approx(d["mean"], rel=1e-6, abs=1e-7)
+    assert std_of(c) == pytest.approx(d["std"], rel=1e-6)
 
 
-def test_sampler_position_cache_is_bounded():
-    sampler = Sampler("a", 8)
-    for n in range(20, 60):
-        sample, _ = sampler(torch.arange(n, dtype=torch.float32))
-        assert sample.max() < n
-    assert len(sampler._slices) <= 9
-
-
-def make_rows(rows: int = 6, k: int = 500) -> torch.Tensor:
+@pytest.mark.parametrize("config", [LOG, LINEAR, StatsConfig(hist="linear", bins=7, hist_max=1.5)])
+def test_summarize_equals_direct(config):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, k, generator=g) * torch.linspace(0.01, 8, rows)[:, None]
+    x = torch.randn(6, 500, generator=g) * torch.linspace(0.01, 8, 6)[:, None]
     x[0, :10] = torch.tensor([0.0, -0.0, 0.05, -0.05, 0.0500001, 0.25, 9.99, 10.0, -12, 1e30])
     x[1, ::7] = float("nan")
-    x[2, 3] = float("inf")
-    x[2, 4] = -float("inf")
+    x[2, 3], x[2, 4] = float("inf"), -float("inf")
     x[3] = float("nan")  # nothing finite
     x[4] = x[4].relu()  # many exact zeros, like a ReLU layer
-    return x
-
-
-@pytest.mark.parametrize("config", [CFG, StatsConfig(bins=7, hist_max=1.5, near_zero=0.3)])
-def test_summarize_equals_direct_torch(config):
-    x = make_rows()  # holds 1e30: its square overflows float32, so sum in float64
-    out = summarize(x, config, precise=True)
-    assert out.shape == (len(x), H + config.bins) and out.dtype == torch.float64
+    out = summarize(x, config)
+    assert out.shape == (6, S_HIST + config.bins) and out.dtype == torch.float64
     for row, xr in zip(out, x, strict=True):
-        d = direct_row(xr, config)
-        assert row[S1].item() == pytest.approx(d["s1"], rel=1e-5, abs=1e-3)
-        assert row[S2].item() == pytest.approx(d["s2"], rel=1e-5)
-        assert row[NZ].item() == d["near"]
-        assert row[BAD].item() == d["bad"]
-        assert torch.equal(row[H:], d["hist"].double())
-        assert row[H:].sum().item() == xr.numel() - d["bad"]
-    assert out[3, BAD] == x.shape[1] and out[3, H:].sum() == 0 and out[3, S1] == 0
+        d = direct(xr, config)
+        n = row[S_COUNT].item()
+        assert n == xr.numel() - d["bad"] and row[S_BAD].item() == d["bad"]
+        assert row[S_NEAR].item() == d["near"]
+        np.testing.assert_array_equal(row[S_HIST:].numpy(), d["hist"])
+        if n:
+            assert row[S_SUM].item() / n == pytest.approx(d["mean"], rel=1e-9, abs=1e-12)
+        if n > 1:
+            assert (row[S_M2].item() / (n - 1)) ** 0.5 == pytest.approx(d["std"], rel=1e-9)
 
 
-def test_to_columns_exact_rows():
-    x = make_rows()
-    summary = summarize(x, CFG, precise=True).numpy()
-    full = np.full((len(x), 2), np.nan)
-    k = x.shape[1]
-    cols = to_columns(summary, full, np.full(len(x), k), np.full(len(x), k), np.arange(len(x)))
-    assert cols.shape == (len(x), CFG.width)
-    for c, xr in zip(cols, x, strict=True):
-        finite = xr[xr.isfinite()].double()
-        assert c[S.NUMEL] == k and c[S.BATCHES] == 1
-        assert c[S.COUNT] == finite.numel() and c[S.NONFINITE] == k - finite.numel()
-        if finite.numel():
-            assert c[S.MEAN] == pytest.approx(finite.mean().item(), rel=1e-5, abs=1e-6)
-            m2 = ((finite - finite.mean()) ** 2).sum().item()
-            assert c[S.M2] == pytest.approx(m2, rel=1e-4)
-        else:
-            assert np.isnan(c[S.MEAN]) and c[S.M2] == 0
-    np.testing.assert_array_equal(cols[:, S.STEP_FIRST], np.arange(len(x)))
+def test_log_bins_put_each_power_of_two_in_its_row():
+    config = StatsConfig(log_range=(-2, 2))  # bins: 0 | [1/4,1/2) [1/2,1) [1,2) [2,4) | >= 4
+    x = torch.tensor([[0.0, 0.1, 0.25, 0.3, 0.5, 1.0, -1.5, 2.0, 3.99, 4.0, 1e9]])
+    hist = summarize(x, config)[0, S_HIST:].numpy()
+    np.testing.assert_array_equal(hist, [2, 2, 1, 2, 2, 2])
 
 
-def test_to_columns_scales_sampled_counts_and_uses_exact_sums():
+@pytest.mark.parametrize("config", [LOG, LINEAR])
+def test_large_layer_exact_moments_sampled_histogram(config):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(40_000, generator=g) + 0.5
-    sample, sums = Sampler("big", 4000)(x)
-    k = sample.numel()
-    summary = summarize(sample[None], CFG).numpy()
-    full = torch.stack(list(sums))[None].double().numpy()
-    cols = to_columns(summary, full, np.array([40_000]), [k], [7])
-    c = cols[0]
-    assert c[S.NUMEL] == 40_000 and c[S.COUNT] == 40_000 and c[S.NONFINITE] == 0
-    assert c[S.HIST :].sum() == pytest.approx(40_000)  # scaled to the full size
-    assert c[S.MEAN] == pytest.approx(x.double().mean().item(), rel=1e-5)
-    var = c[S.M2] / (c[S.COUNT] - 1)
-    assert var == pytest.approx(x.double().var().item(), rel=1e-4)
-    truth = torch.histc(x.abs().clamp(max=10), 40, 0, 10).double().numpy() / 40_000
-    assert np.abs(c[S.HIST :] / 40_000 - truth).max() < 0.03  # 4000 samples: std err <= 0.008
-    near = (x.abs() <= CFG.near_zero).double().mean().item()
-    assert c[S.NEAR_ZERO] / 40_000 == pytest.approx(near, abs=0.015)
+    x = torch.randn(64, 32, 20, 20, generator=g).relu() * 2 + 0.25  # 819,200 values
+    p = probe(config, channels_first=True)
+    recs = [p.forward(x, 0)]
+    assert recs[0].sums is not None and recs[0].sample.numel() <= config.sample_size
+    c = columns(recs, config)[0]
+    d = direct(x, config)
+    assert c[Field.NUMEL] == x.numel() == c[Field.COUNT] and c[Field.NONFINITE] == 0
+    assert c[Field.MEAN] == pytest.approx(d["mean"], rel=1e-5)
+    assert std_of(c) == pytest.approx(d["std"], rel=1e-4)  # exact, not sampled
+    assert c[HIST:].sum() == pytest.approx(x.numel())  # scaled to the full size
+    tv = np.abs(c[HIST:] - d["hist"]).sum() / 2 / x.numel()
+    assert tv < 0.05  # ~2048 sampled values
+    assert c[Field.NEAR_ZERO] / x.numel() == pytest.approx(d["near"] / x.numel(), abs=0.04)
 
 
-def test_to_columns_falls_back_to_the_sample_when_sums_are_not_finite():
-    sample = torch.tensor([[1.0, 2.0, 3.0, float("nan")], [1.0, 2.0, 3.0, 4.0]])
-    summary = summarize(sample, CFG).numpy()
-    full = np.array([[np.nan, np.nan], [np.inf, np.inf]])  # a NaN in the layer; overflow
-    cols = to_columns(summary, full, np.array([400, 800]), np.array([4, 4]), np.array([0, 1]))
-    # Row 0: 1 bad value of 4 sampled, scaled by 100; moments from the 3 finite sampled values.
-    assert cols[0, S.NONFINITE] == 100 and cols[0, S.COUNT] == 300
-    assert cols[0, S.MEAN] == pytest.approx(2.0)
-    assert cols[0, S.M2] / (cols[0, S.COUNT] - 1) == pytest.approx(200 / 299)
-    # Row 1: nothing bad in the sample, yet the exact sums overflowed: at least one counted.
-    assert cols[1, S.NONFINITE] == 1 and np.isfinite(cols[1, S.MEAN])
-    assert cols[1, S.MEAN] == pytest.approx(2.5)
-    assert cols[1, S.HIST :].sum() == 800
-
-
-def test_to_columns_without_exact_sums_uses_the_sample():
+def test_offset_layer_keeps_a_small_std_exactly():
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(40_000, generator=g) * 2 + 1
-    sample, _ = Sampler("big", 4000)(x, sums=False)
-    summary = summarize(sample[None], CFG).numpy()
-    cols = to_columns(
-        summary, np.full((1, 2), np.nan), np.array([40_000]), [sample.numel()], [0], [False]
+    p = probe()
+    recs = []
+    for b in range(3):
+        x = 1e4 + 0.01 * torch.randn(256, 4096, generator=g)
+        recs.append(p.forward(x, b))
+        c = columns(recs[-1:])[0]
+        assert std_of(c) == pytest.approx(x.double().std().item(), rel=1e-2), b
+        assert c[Field.MEAN] == pytest.approx(x.double().mean().item(), rel=1e-9)
+        p.shift = float(c[Field.MEAN])  # what the recorder does after a flush
+
+
+def test_values_up_to_float32_max_are_finite_and_not_counted_bad():
+    x = torch.randn(128, 1024)
+    x[5, 7] = 3.0e38
+    x[9, 9] = -3.0e38
+    x[:, 100] = 1e30
+    c = columns([probe().forward(x, 0)])[0]
+    assert c[Field.NONFINITE] == 0 and c[Field.COUNT] == x.numel()
+    assert np.isfinite(c[Field.MEAN]) and np.isfinite(c[Field.M2])
+
+
+def test_float64_outputs_stay_exact():
+    x = (torch.randn(64, 4096, dtype=torch.float64) * 1e-3).relu()
+    c = columns([probe().forward(x, 0)])[0]
+    assert c[Field.MEAN] == pytest.approx(x.mean().item(), rel=1e-5)
+    assert std_of(c) == pytest.approx(x.std().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["sampled", "missed"])
+def test_a_single_nonfinite_value_anywhere_is_counted(value, where):
+    x = torch.randn(256, 8, 14, 14)
+    p = probe(channels_first=True)
+    n = x.numel()
+    sampled = torch.arange(n)[p.positions(n)]
+    i = int(sampled[17]) if where == "sampled" else int(sampled[17]) + 1
+    x.view(-1)[i] = value
+    c = columns([p.forward(x, 0)])[0]
+    assert c[Field.NONFINITE] >= 1
+    finite = x[x.isfinite()].double()
+    assert c[Field.MEAN] == pytest.approx(finite.mean().item(), abs=0.15)  # from the sample
+    assert np.isfinite(std_of(c))
+
+
+def test_dead_units_channels_and_features():
+    x = torch.randn(32, 6, 5, 5).relu()
+    x[:, 2] = 0.0  # channel 2 dead for every example
+    x[:, 4] = 0.01  # near zero everywhere
+    x[0, 4, 0, 0] = 1.0  # ... but one example lights it up: alive
+    c = columns([probe(channels_first=True).forward(x, 0)])[0]
+    assert c[Field.UNITS] == 6 and c[Field.DEAD] == 1
+    feats = torch.randn(16, 10).relu()
+    feats[:, [1, 3, 5]] = -1.0
+    c = columns([probe().forward(feats, 0)])[0]
+    assert c[Field.UNITS] == 10 and c[Field.DEAD] == 3
+    seq = torch.randn(4, 7, 12)  # (batch, time, features): units are the features
+    seq[..., 0] = 0.0
+    c = columns([probe().forward(seq, 0)])[0]
+    assert c[Field.UNITS] == 12 and c[Field.DEAD] == 1
+
+
+def test_gradient_columns():
+    g = torch.randn(64, 300) * 0.1 + 0.02
+    g2 = g.clone()
+    g2[3, 3] = float("nan")
+    recs = [GradRecord(0, 5, g.numel(), grad_sums(g)), GradRecord(0, 6, g.numel(), grad_sums(g2))]
+    rows = columns([], grads=recs)
+    ok, bad = rows
+    d = g.double()
+    assert ok[Field.STEP_FIRST] == 5 and ok[Field.NUMEL] == 0 and ok[Field.G_NONFINITE] == 0
+    assert ok[Field.G_MEAN] == pytest.approx(d.mean().item(), rel=1e-4)
+    assert (ok[Field.G_M2] / (ok[Field.G_COUNT] - 1)) ** 0.5 == pytest.approx(
+        d.std().item(), rel=1e-4
     )
-    c = cols[0]
-    assert c[S.NONFINITE] == 0 and c[S.COUNT] == 40_000  # no NaN seen, none assumed
-    assert c[S.MEAN] == pytest.approx(sample.double().mean().item(), rel=1e-6)
-    assert c[S.MEAN] == pytest.approx(1.0, abs=0.1)  # 4000 values: std err 0.03
-    assert np.sqrt(c[S.M2] / (c[S.COUNT] - 1)) == pytest.approx(2.0, rel=0.05)
+    assert ok[Field.G_ABS] / ok[Field.G_COUNT] == pytest.approx(d.abs().mean().item(), rel=1e-4)
+    assert bad[Field.G_NONFINITE] >= 1 and bad[Field.G_COUNT] == 0
 
 
-def test_to_columns_counts_a_nan_outside_the_sample():
-    sample = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-    summary = summarize(sample, CFG).numpy()
-    cols = to_columns(summary, np.array([[np.nan, np.nan]]), np.array([400]), [4], [0])
-    assert cols[0, S.NONFINITE] >= 1 and cols[0, S.COUNT] == 399
-    assert cols[0, S.MEAN] == pytest.approx(2.5)
+def test_many_records_of_many_shapes_in_one_transfer(monkeypatch):
+    p, q = Probe(0, "a", LOG, False), Probe(1, "b", LOG, True)
+    xs = [torch.randn(16, 30), torch.randn(300, 40), torch.randn(8, 3, 40, 40), torch.randn(4, 5)]
+    recs = [p.forward(xs[0], 0), p.forward(xs[1], 1), q.forward(xs[2], 0), q.forward(xs[3], 1)]
+    calls = []
+    real = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a: calls.append(1) or real(self, *a))
+    layers, rows = build_columns(recs, [], LOG)
+    assert len(calls) == 1
+    assert list(layers) == [0, 0, 1, 1]
+    for row, x in zip(rows, xs, strict=True):
+        assert row[Field.MEAN] == pytest.approx(x.double().mean().item(), rel=1e-5, abs=1e-6)
+        assert row[Field.NUMEL] == x.numel()

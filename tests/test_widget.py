@@ -9,68 +9,34 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Every, fit, tiny_dls
+from conftest import tiny_cnn as tiny_model
 from ipywidgets.widgets.widget import _remove_buffers
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from actwidget import ActivationWidget, Callback, StoreModuleStatsCB, TrainLearner
+from actwidget import ActivationWidget, StoreModuleStatsCB, TrainLearner
 from actwidget.data import DataLoaders
-from actwidget.stats import RunStats, StatsConfig
-
-
-def tiny_model() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 8, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(8 * 2 * 2, 10),
-    )
-
-
-def tiny_dls(n: int = 64, bs: int = 8) -> DataLoaders:
-    g = torch.Generator().manual_seed(0)
-    ds = TensorDataset(
-        torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
-    )
-    return DataLoaders(DataLoader(ds, batch_size=bs), DataLoader(ds, batch_size=bs))
-
-
-def fit(model, cbs, epochs=1, dls=None):
-    learn = TrainLearner(model, dls or tiny_dls(), F.cross_entropy, lr=0.1, cbs=cbs)
-    learn.fit(epochs)
-    return learn
-
-
-class Every(Callback):
-    """Runs `f(learn)` after every batch."""
-
-    def __init__(self, f):
-        self.f = f
-
-    def after_batch(self, learn):
-        self.f(learn)
+from actwidget.stats import HIST, Field, RunStats, StatsConfig
 
 
 def test_widget_follows_a_fit_and_ends_finished():
     model = tiny_model()
     cb = StoreModuleStatsCB(mods=[model[1], model[3]])
     w = ActivationWidget(cb, interval=0)
-    assert w.state == "waiting" and "waiting" in w.status.value
+    assert w.state == "waiting" and "waiting" in w.header.value
     seen = []
     fit(model, [cb, Every(lambda learn: seen.append((w.state, w.stop_button.running)))])
     assert set(seen) == {("running", True)}
     assert w.state == "finished" and not w.stop_button.running
-    assert w.stop_button.run_id == cb.learn.run_id
-    assert list(w._views) == ["1 (ReLU)", "3 (ReLU)"]
-    view = w._views["1 (ReLU)"]
-    line = view["lines"]["mean"]
+    assert w.stop_button.run_id == cb.status.fit_id
+    assert w.layers.names == ["1 (ReLU)", "3 (ReLU)"]
+    line = w.charts.lines["1 (ReLU)"]["mean"]
     np.testing.assert_allclose(line.y, cb.stats["1 (ReLU)"].mean.astype(np.float32))
     assert line.y.dtype == np.float32 and line.x.dtype == np.float32
-    assert view["heat"].color.shape == (40, 8)  # bins x batches
-    assert view["hfig"].layout.display == "flex"
-    assert "epoch 1/1" in w.status.value and "finished" in w.status.value
+    assert w.charts.heat["1 (ReLU)"].color.shape == (34, 8)  # bins x batches
+    assert w.charts.heat_figures["1 (ReLU)"].layout.display == "flex"
+    assert "epoch 1/1" in w.header.value and "finished" in w.header.value
 
 
 def test_arrays_cross_as_binary_buffers_not_lists():
@@ -78,7 +44,7 @@ def test_arrays_cross_as_binary_buffers_not_lists():
     cb = StoreModuleStatsCB(mods=[model[1]])
     w = ActivationWidget(cb, interval=0)
     fit(model, [cb])
-    line = w._views["1 (ReLU)"]["lines"]["mean"]
+    line = w.charts.lines["1 (ReLU)"]["mean"]
     state, buffer_paths, buffers = _remove_buffers(line.get_state())
     assert ["y", "value"] in buffer_paths and ["x", "value"] in buffer_paths
     assert not isinstance(state.get("y"), list)
@@ -87,27 +53,53 @@ def test_arrays_cross_as_binary_buffers_not_lists():
 
 def test_redraws_are_throttled_by_elapsed_time():
     model = tiny_model()
-    cb = StoreModuleStatsCB(mods=[model[1]])
-    never = ActivationWidget(cb, interval=3600)
-    always = ActivationWidget(cb, interval=0)
-    fit(model, [cb])  # 8 train + 8 valid batches
+    slow, fast = StoreModuleStatsCB(mods=[model[1]]), StoreModuleStatsCB(mods=[model[3]])
+    never = ActivationWidget(slow, interval=3600)
+    always = ActivationWidget(fast, interval=0)
+    fit(model, [slow, fast])  # 8 train + 8 valid batches
     assert never.redraws == 1  # only the final redraw at the end of the fit
     assert always.redraws >= 8  # every batch that added data
+
+
+def test_a_new_widget_on_the_same_source_replaces_the_old_one():
+    model = tiny_model()
+    cb = StoreModuleStatsCB(mods=[model[1]])
+    widgets = [ActivationWidget(cb, interval=0) for _ in range(5)]  # a cell run five times
+    fit(model, [cb])
+    assert [w.redraws for w in widgets[:-1]] == [0] * 4 and widgets[-1].redraws > 1
+    assert len(cb.recorder._listeners) == 1
+    widgets[-1].close()
+    assert len(cb.recorder._listeners) == 0
+
+
+def test_a_drawing_error_never_stops_training(monkeypatch, caplog):
+    model = tiny_model()
+    cb = StoreModuleStatsCB(mods=[model[1]])
+    w = ActivationWidget(cb, interval=0)
+
+    def broken(*args):
+        raise ValueError("bqplot exploded")
+
+    monkeypatch.setattr(w.charts, "draw_lines", broken)
+    learn = fit(model, [cb], epochs=2)
+    assert learn.error is None and cb.batches == 16
+    assert w.state == "finished" and "bqplot exploded" in w.header.value
+    assert any("failed to draw" in r.getMessage() for r in caplog.records)
 
 
 def test_columns_sent_are_bounded_and_merged_exactly():
     stats = RunStats(StatsConfig(capacity=4096))
     rows = np.zeros((3000, stats.config.width))
-    rows[:, 0] = 1  # one batch each
-    rows[:, 1] = rows[:, 2] = rows[:, 3] = np.arange(3000)
-    rows[:, 4] = rows[:, 5] = 100
-    rows[:, 6] = np.linspace(-1, 1, 3000)
-    rows[:, 10] = 100
+    rows[:, Field.BATCHES] = 1  # one batch each
+    rows[:, Field.STEP_SUM] = rows[:, Field.STEP_FIRST] = rows[:, Field.STEP_LAST] = np.arange(3000)
+    rows[:, Field.NUMEL] = rows[:, Field.COUNT] = 100
+    rows[:, Field.MEAN] = np.linspace(-1, 1, 3000)
+    rows[:, HIST] = 100
     stats.append("a", rows)
     w = ActivationWidget(stats, max_columns=256)
-    line = w._views["a"]["lines"]["mean"]
+    line = w.charts.lines["a"]["mean"]
     assert len(line.x) <= 256
-    assert w._views["a"]["heat"].color.shape[1] <= 256
+    assert w.charts.heat["a"].color.shape[1] <= 256
     batches = w._series["a"].batches
     assert batches.sum() == 3000
     np.testing.assert_allclose(w._series["a"].hist.sum(), 3000 * 100)
@@ -118,20 +110,21 @@ def test_toggles_show_and_hide_lines_and_heatmaps():
     cb = StoreModuleStatsCB(mods=[model[1], model[3]])
     w = ActivationWidget(cb, interval=0)
     fit(model, [cb])
-    a, b = w._views.values()
-    a["toggle"].value = False
+    w.layers.toggles["1 (ReLU)"].value = False
     assert w.visible_layers == ["3 (ReLU)"]
-    assert all(not line.visible for line in a["lines"].values())
-    assert all(line.visible for line in b["lines"].values())
-    assert a["hfig"].layout.display == "none" and b["hfig"].layout.display == "flex"
+    a, b = w.charts.lines["1 (ReLU)"], w.charts.lines["3 (ReLU)"]
+    assert all(not line.visible for line in a.values())
+    assert all(line.visible for line in b.values())
+    figs = w.charts.heat_figures
+    assert figs["1 (ReLU)"].layout.display == "none" and figs["3 (ReLU)"].layout.display == "flex"
     # The y range follows the visible layers only.
-    scale = w.charts["mean"].axes[1].scale
+    scale = w.charts.figures["mean"].axes[1].scale
     mean_b = cb.stats["3 (ReLU)"].mean
     assert scale.min <= mean_b.min() and scale.max >= mean_b.max()
     w.show_layers([])
     assert w.visible_layers == []
     w.show_layers(None)
-    assert len(w.visible_layers) == 2 and a["hfig"].layout.display == "flex"
+    assert len(w.visible_layers) == 2 and figs["1 (ReLU)"].layout.display == "flex"
     with pytest.raises(KeyError, match="unknown layers"):
         w.show_layers(["nope"])
 
@@ -146,7 +139,7 @@ def test_constant_series_gets_a_drawable_range():
     ds = TensorDataset(torch.randn(16, 4), torch.zeros(16, dtype=torch.long))
     dls = DataLoaders(DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4))
     TrainLearner(model, dls, lambda p, y: p.sum() * 0, lr=0.1, cbs=[cb]).fit(1, valid=False)
-    for fig in w.charts.values():
+    for fig in w.charts.figures.values():
         scale = fig.axes[1].scale
         assert scale.min < scale.max
 
@@ -156,14 +149,14 @@ def test_shows_a_finished_callback_and_a_saved_file(tmp_path):
     cb = StoreModuleStatsCB(mods=[model[1], model[3]])
     fit(model, [cb])
     late = ActivationWidget(cb)  # created after training
-    assert late.state == "finished" and len(late._views) == 2
+    assert late.state == "finished" and len(late.layers.names) == 2
     path = cb.save(tmp_path / "run.npz")
     replay = ActivationWidget(path)
     assert replay.state == "finished" and replay.stop_button.running is False
     np.testing.assert_allclose(
-        replay._views["3 (ReLU)"]["lines"]["std"].y, cb.stats["3 (ReLU)"].std.astype(np.float32)
+        replay.charts.lines["3 (ReLU)"]["std"].y, cb.stats["3 (ReLU)"].std.astype(np.float32)
     )
-    with pytest.raises(TypeError, match="StoreModuleStatsCB"):
+    with pytest.raises(TypeError, match="StoreModuleStatsCB"):  # names what it takes
         ActivationWidget(42)
 
 
@@ -180,16 +173,16 @@ def test_stop_message_from_another_thread_ends_fit_at_next_batch():
             stopped.set()
             t = threading.Thread(
                 target=w.stop_button._handle_stop_msg,
-                args=(w.stop_button, {"type": "stop", "run": learn.run_id}, []),
+                args=(w.stop_button, {"type": "stop", "run": w.stop_button.run_id}, []),
             )
             t.start()
             t.join()
 
     learn = fit(model, [cb, Every(click_once)], epochs=2)
-    assert sent == [{"type": "stop_ack", "run": learn.run_id, "accepted": True}]
+    assert sent == [{"type": "stop_ack", "run": cb.status.fit_id, "accepted": True}]
     assert learn.stopped_at == (0, 2)
-    assert w.state == "stopped" and "stopped" in w.status.value
-    assert "at epoch 1, batch 3" in w.status.value
+    assert w.state == "stopped" and "stopped" in w.header.value
+    assert "at epoch 1, batch 3" in w.header.value
     assert cb.stats["1 (ReLU)"].batches.sum() == 3  # stats up to the stop are kept
     assert not model[1]._forward_hooks
 
@@ -201,7 +194,8 @@ def test_stale_stop_is_refused_and_does_not_stop_the_next_fit():
     sent = []
     w.stop_button.send = lambda content, buffers=None: sent.append(content)
     first = fit(model, [cb])
-    old_run = first.run_id
+    old_run = cb.status.fit_id
+    assert first.stopped_at is None
     # A click queued during the first fit, handled after it ended (blocking-cell case).
     w.stop_button._handle_stop_msg(w.stop_button, {"type": "stop", "run": old_run}, [])
     assert sent[-1]["accepted"] is False
@@ -248,7 +242,7 @@ def test_background_run_keeps_the_kernel_free_and_wait_reraises():
     w.start(fit, model, [cb, Every(lambda learn: learn.iter == 2 and boom(learn))])
     with pytest.raises(RuntimeError, match="exploded"):
         w.wait(30)
-    assert w.state == "failed" and "exploded at batch 2" in w.status.value
+    assert w.state == "failed" and "exploded at batch 2" in w.header.value
     assert not model[1]._forward_hooks
 
 

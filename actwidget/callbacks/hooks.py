@@ -1,31 +1,33 @@
-"""Callbacks that hook modules for the length of a fit; the stats one feeds plots and the widget.
+"""Callbacks that hook modules for the length of a fit.
 
-Hooks are registered at `before_fit` and removed at `cleanup_fit`, which the Learner runs on
-every way out of `fit` (normal end, cancel, exception, KeyboardInterrupt).
-Calling `fit` again appends: the batch count continues and earlier stats are kept
-(`reset()` starts over).
+`StoreModuleStatsCB` is a thin mapping of the Learner's events onto a `StatsHooks`
+recorder: attach and begin at `before_fit`, one column per training batch, a stop request
+honoured at the next batch boundary, end and remove at `cleanup_fit` (which the Learner runs
+on every way out of `fit`). Calling `fit` again appends: the batch count continues and
+earlier stats are kept (`reset()` starts over). `HooksCallback` is the course's generic one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from .._util import noop
-from ..hooks import Hooks, StoreModuleStats, flush_hooks, module_names, select_modules
-from ..learner import Callback
-from ..stats import STEP_LAST, RunStats, StatsConfig
+from ..hooks import Hooks, module_names, select_modules
+from ..learner import Callback, CancelException
+from ..recorder import StatsHooks
+from ..source import Listener, RunStatus
+from ..stats import Alert, RunStats, StatsConfig
 
 __all__ = ["HooksCallback", "StoreModuleStatsCB"]
 
-Listener = Callable[[str, Any], None]
-
 
 class HooksCallback(Callback):
-    """Registers `hook_cls(module, on_train=..., on_valid=..., **hook_kwargs)` on each module.
+    """Registers `hook_cls(module, on_train=..., on_valid=..., **hook_kwargs)` on each module
+    for the length of a fit (the course's generic hooks callback).
 
     Modules: `mods` (a Sequential/ModuleList means its children), else every module of the
     model for which `mod_filter` is truthy. A selection that is empty raises `ValueError`.
@@ -46,16 +48,14 @@ class HooksCallback(Callback):
         self.hook_kwargs = dict(hook_kwargs or {})
         self.hooks = Hooks([])
 
-    def make_hook(self, m: nn.Module, name: str) -> Any:
-        """Create the hook for module `m` (named `name` in the model)."""
-        return self.hook_cls(m, on_train=self.on_train, on_valid=self.on_valid, **self.hook_kwargs)
-
     def before_fit(self, learn: Any) -> None:
         mods = self.mods or select_modules(learn.model, None, self.mod_filter)
-        names = module_names(learn.model, mods)
+        self.names = module_names(learn.model, mods)
         self.hooks = Hooks([])
-        for m, name in zip(mods, names, strict=True):
-            self.hooks.append(self.make_hook(m, name))
+        for m in mods:
+            self.hooks.append(
+                self.hook_cls(m, on_train=self.on_train, on_valid=self.on_valid, **self.hook_kwargs)
+            )
 
     def cleanup_fit(self, learn: Any) -> None:
         self.hooks.remove()
@@ -67,116 +67,124 @@ class HooksCallback(Callback):
         return len(self.hooks)
 
 
-class StoreModuleStatsCB(HooksCallback):
-    """Records activation stats of the chosen layers every batch; plots them and feeds widgets.
+class StoreModuleStatsCB(Callback):
+    """Records activation stats of the chosen layers every batch; plots them, feeds widgets.
 
-    `hook_kwargs` go to `StoreModuleStats` (e.g. `periodicity`); `config` sets what is
-    recorded (`StatsConfig`). `stats` holds the recorded `RunStats`.
+    `mods`: modules or dotted names (resolved in the learner's model at fit start); None:
+    every leaf module for which `mod_filter` is truthy. `config`, `alerts`, `stop_on`,
+    `run_dir` go to the recorder (`StatsHooks`); `hook_kwargs` may set `periodicity`.
     """
 
     order = 10
-    flush_every = 64  # batches between bulk device->host copies when nothing reads the stats
 
     def __init__(
         self,
         mods: Any = None,
-        mod_filter: Callable[[nn.Module], Any] = noop,
+        mod_filter: Callable[[nn.Module], Any] | None = None,
         on_train: bool = True,
         on_valid: bool = False,
         hook_kwargs: dict[str, Any] | None = None,
         config: StatsConfig | None = None,
+        *,
+        alerts: Any = True,
+        stop_on: Collection[str] = (),
+        run_dir: str | Path | None = None,
     ) -> None:
-        super().__init__(StoreModuleStats, mods, mod_filter, on_train, on_valid, hook_kwargs)
-        self._stats = RunStats(config)
-        self.batches = 0  # recorded batches so far, across fits: the x axis
-        self._in_batch = False  # between before_batch and the batch's count
-        self._calls = 0  # the hooks' forward calls at before_batch
+        kwargs = dict(hook_kwargs or {})
+        periodicity = kwargs.pop("periodicity", 1)
+        if kwargs:
+            raise TypeError(f"unknown hook_kwargs {sorted(kwargs)} (known: periodicity)")
+        self.recorder = StatsHooks(
+            mods, mod_filter=mod_filter, on_train=on_train, on_valid=on_valid,
+            periodicity=periodicity, config=config, alerts=alerts, stop_on=stop_on,
+            run_dir=run_dir, attach=False,
+        )  # fmt: skip
         self.learn: Any = None
-        self.listeners: list[Listener] = []
-
-    def make_hook(self, m: nn.Module, name: str) -> StoreModuleStats:
-        hook = StoreModuleStats(
-            m, self.on_train, self.on_valid, name=name, stats=self._stats, **self.hook_kwargs
-        )
-        hook.flush_every = 10**9  # this callback flushes all layers together
-        return hook
 
     # Learner events.
     def before_fit(self, learn: Any) -> None:
         self.learn = learn
-        super().before_fit(learn)
-        self._notify("before_fit", learn)
+        self.recorder.attach(learn.model)
+        self.recorder.begin_fit(epochs=learn.n_epochs)
 
     def before_epoch(self, learn: Any) -> None:
-        self._notify("before_epoch", learn)
-
-    def before_batch(self, learn: Any) -> None:
-        self._in_batch = True
-        self._calls = sum(h.calls for h in self.hooks)
-        for h in self.hooks:
-            h.step = self.batches
-
-    def after_batch(self, learn: Any) -> None:
-        self._end_batch(learn)
-        self._notify("after_batch", learn)
+        phase = "train" if learn.training else "valid"
+        self.recorder.begin_epoch(learn.epoch, steps=learn.n_iter, phase=phase)
 
     def cleanup_batch(self, learn: Any) -> None:
-        # A batch cancelled or failed after its forward pass was recorded under this step:
-        # count it, so that the next batch (or fit) does not merge into its column.
-        if self._in_batch and sum(h.calls for h in self.hooks) != self._calls:
-            self._end_batch(learn)
-        self._in_batch = False
-
-    def _end_batch(self, learn: Any) -> None:
-        self._in_batch = False
-        if self.on_train if learn.training else self.on_valid:
-            self.batches += 1
-            if self.batches % self.flush_every == 0:
-                self.flush()
-
-    def after_epoch(self, learn: Any) -> None:
-        self._notify("after_epoch", learn)
+        # Here rather than after_batch, so that a cancelled batch also ends its column.
+        if self.recorder.step():
+            learn.request_stop()
 
     def cleanup_fit(self, learn: Any) -> None:
+        rec = self.recorder
         try:
-            self.flush()
-            super().cleanup_fit(learn)
+            if learn.stopped_at is not None:
+                rec.request_stop()
+            error = learn.error if not isinstance(learn.error, CancelException) else None
+            where = None
+            if learn.stopped_at is not None:
+                e, b = learn.stopped_at
+                where = f"at epoch {e + 1}, batch {b + 1}" if b >= 0 else "before the first batch"
+            rec.end_fit(error, where=where)
         finally:
-            self._notify("cleanup_fit", learn)
+            rec.remove()
 
-    def _notify(self, event: str, learn: Any) -> None:
-        for listener in list(self.listeners):
-            listener(event, learn)
-
-    # Reading and keeping the stats.
-    def flush(self) -> None:
-        """Move pending stats of every hooked layer to the host, in one transfer."""
-        flush_hooks(self.hooks)
-
+    # The recorder's API, for this loop.
     @property
     def stats(self) -> RunStats:
-        """The recorded stats, up to the last batch."""
-        self.flush()
-        return self._stats
+        """The recorded stats, up to the last batch (a consistent snapshot)."""
+        return self.recorder.stats
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert so far, in order."""
+        return self.recorder.alerts
+
+    @property
+    def status(self) -> RunStatus:
+        """Where the run is."""
+        return self.recorder.status
+
+    @property
+    def batches(self) -> int:
+        """Recorded batches so far, across fits: the x axis."""
+        return self.recorder.batches
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a stop was requested for the running fit."""
+        return self.recorder.should_stop
+
+    def request_stop(self, fit_id: int | None = None) -> bool:
+        """Ask the running fit to stop at the next batch boundary."""
+        return self.recorder.request_stop(fit_id)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Listen to the recorder's events (see `actwidget.source.Source`)."""
+        return self.recorder.subscribe(listener)
+
+    def flush(self) -> None:
+        """Move pending stats of every hooked layer to the host, in one transfer."""
+        self.recorder.flush()
 
     def reset(self) -> None:
         """Forget everything recorded (the next fit starts at batch 0)."""
-        for h in self.hooks:  # records not yet moved to the host belong to the old run
-            h._pending.clear()
-            h.step = 0
-        self._stats.clear()
-        self.batches = 0
+        self.recorder.reset()
 
     def save(self, path: str | Path) -> Path:
-        """Save the recorded stats (with layer names and settings) to an `.npz` file."""
-        return self.stats.save(path)
+        """Save the recorded stats (with layer names, settings, fits, alerts) to `.npz`."""
+        return self.recorder.save(path)
 
     def load(self, path: str | Path) -> RunStats:
         """Replace the recorded stats by those saved in `path`, e.g. to plot an earlier run."""
-        self._stats = RunStats.load(path)
-        ends = [s.columns[-1, STEP_LAST] + 1 for s in self._stats.values() if len(s)]
-        self.batches = int(max(ends, default=0))
-        return self._stats
+        old = self.recorder
+        self.recorder = StatsHooks(
+            old._mods_spec, mod_filter=old._filter, on_train=old.on_train,
+            on_valid=old.on_valid, periodicity=old.periodicity, stats=RunStats.load(path),
+            alerts=old._alert_config or False, stop_on=old.stop_on, attach=False,
+        )  # fmt: skip
+        return self.recorder.stats
 
     # Static plots (matplotlib), as in the course notebooks.
     def mean_std_plot(self, **kwargs: Any) -> None:

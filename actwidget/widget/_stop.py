@@ -22,8 +22,8 @@ _KERNEL_FILE = re.compile(r"kernel-([\w-]+)\.json")
 
 def _esm_path() -> Path:
     """The packaged `_static/stop.js` (wheel) if present, else the repo's `js/stop.js`."""
-    packaged = _HERE / "_static" / "stop.js"
-    return packaged if packaged.is_file() else _HERE.parent / "js" / "stop.js"
+    packaged = _HERE.parent / "_static" / "stop.js"
+    return packaged if packaged.is_file() else _HERE.parents[1] / "js" / "stop.js"
 
 
 ESM_PATH = _esm_path()
