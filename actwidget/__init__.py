@@ -53,6 +53,7 @@ _NAMES: dict[str, str] = {
     "AlertConfig": ".diagnose",
     "RunState": ".source",
     "RunStatus": ".source",
+    "request_stop": ".runfile",
     "ActivationWidget": ".widget",
 }
 _MODULE_ATTRS = {"torch", "nn", "optim", "F"}  # the value is the module itself
@@ -94,6 +95,7 @@ __all__ = [  # every name of _NAMES (a test holds them equal)
     "nn",
     "noop",
     "optim",
+    "request_stop",
     "set_seed",
     "to_device",
     "torch",
@@ -138,6 +140,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from .models import CNN, Conv2dWithReLU
     from .plots import hist_plot, mean_std_plot, near_zero_plot
     from .recorder import StatsHooks
+    from .runfile import request_stop
     from .source import RunState, RunStatus
     from .stats import Alert, LayerStats, RunStats, StatsConfig
     from .widget import ActivationWidget

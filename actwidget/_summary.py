@@ -16,6 +16,7 @@ length in one go, and moves everything to the host in one transfer.
 from __future__ import annotations
 
 import itertools
+import math
 import zlib
 from typing import NamedTuple
 
@@ -24,7 +25,17 @@ import torch
 
 from .stats import HIST, Field, StatsConfig
 
-__all__ = ["CallRecord", "GradRecord", "Probe", "build_columns", "flat_float", "summarize"]
+__all__ = [
+    "CallRecord",
+    "GradRecord",
+    "Plan",
+    "Probe",
+    "build_columns",
+    "flat_float",
+    "histogram",
+    "moments",
+    "summarize",
+]
 
 _F32_MAX = float(torch.finfo(torch.float32).max)
 
@@ -43,6 +54,7 @@ class CallRecord(NamedTuple):
     layer: int
     batch: int
     numel: int
+    taken: int  # values in `sample`
     sample: torch.Tensor  # ~sample_size values, or the whole activation when smaller;
     #                       in exact mode (sample_size None) its finished `summarize` row
     sums: tuple[torch.Tensor, torch.Tensor] | None  # exact sum, sum of squares of x - shift
@@ -66,9 +78,9 @@ def flat_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
 
-def _next_prime(k: int) -> int:
-    """The smallest prime >= k."""
-    while any(k % d == 0 for d in range(2, int(k**0.5) + 1)):
+def _next_prime(k: int, avoid: tuple[int, ...] = ()) -> int:
+    """The smallest prime >= k that divides none of `avoid`."""
+    while any(k % d == 0 for d in range(2, int(k**0.5) + 1)) or any(a % k == 0 for a in avoid):
         k += 1
     return k
 
@@ -88,55 +100,79 @@ def _units(shape: torch.Size, channels_first: bool) -> Units | None:
     return Units(positions // shape[-1], shape[-1], 0)
 
 
+class Plan(NamedTuple):
+    """How a layer summarises outputs of one shape: peaks over `rows` (the batch), the
+    unit layout, and the sampled positions (None: the whole activation is copied)."""
+
+    rows: int
+    numel: int
+    taken: int  # values sampled
+    units: Units | None
+    index: torch.Tensor | None
+
+
 class Probe:
-    """Per-layer hot-path state: the sample positions, the centring shift, unit layout."""
+    """Per-layer hot-path state: plans per output shape (sample positions on the output's
+    device, unit layout) and the shift the exact sums are centred on."""
 
     def __init__(self, index: int, name: str, config: StatsConfig, channels_first: bool) -> None:
         self.index = index
         self.config = config
         self.channels_first = channels_first
         self.size = config.sample_size
+        self.exact_moments = config.exact_moments
         self.shift: float | None = None  # None: centre the first call on one of its values
         self._seed = zlib.crc32(name.encode())
-        self._slices: dict[int, slice] = {}
-        self._units: dict[torch.Size, Units | None] = {}
+        self._plans: dict[torch.Size, Plan] = {}
 
-    def positions(self, n: int) -> slice:
-        """The sampled positions of an n-value activation: every `step`-th value from a
-        per-layer offset, `step` a prime near n/size so that they spread over batch items,
-        channels and positions, and the copy is one strided read."""
-        where = self._slices.get(n)
-        if where is None:
-            if len(self._slices) > 8:  # a few shapes (e.g. the last, short batch) are enough
-                self._slices.clear()
-            step = _next_prime(max(n // max(self.size or n, 1), 2))
-            where = self._slices[n] = slice(self._seed % step, n, step)
-        return where
+    def reset(self) -> None:
+        """Forget the plans (e.g. when outputs may have moved to another device)."""
+        self._plans.clear()
 
-    def units(self, shape: torch.Size) -> Units | None:
-        u = self._units.get(shape, False)
-        if u is False:
-            if len(self._units) > 8:
-                self._units.clear()
-            u = self._units[shape] = _units(shape, self.channels_first)
-        return u
+    def positions(self, shape: tuple[int, ...]) -> slice:
+        """The sampled positions of an activation of `shape`: every `step`-th value from a
+        per-layer offset, `step` a prime near numel/size that divides no dimension, so that
+        they spread over batch items, channels and positions alike (a step equal to, say,
+        the width would sample a single column)."""
+        n = math.prod(shape)
+        step = _next_prime(max(n // max(self.size or n, 1), 2), tuple(d for d in shape if d > 1))
+        return slice(self._seed % step, n, step)
+
+    def plan(self, t: torch.Tensor) -> Plan:
+        """The plan for outputs shaped like `t` (made once per shape; a few are kept)."""
+        if len(self._plans) > 8:  # a few shapes (e.g. the last, short batch) are enough
+            self._plans.clear()
+        n = t.numel()
+        index = None
+        if self.size is not None and n > self.size:
+            where = self.positions(tuple(t.shape))
+            index = torch.arange(where.start, n, where.step, device=t.device)
+        taken = n if index is None else index.numel()
+        plan = Plan(t.shape[0], n, taken, _units(t.shape, self.channels_first), index)
+        self._plans[t.shape] = plan
+        return plan
 
     def forward(self, t: torch.Tensor, batch: int) -> CallRecord:
         """Summarise one output tensor (floating, non-empty, dense) without a host sync."""
-        x = t.detach()
-        units = self.units(x.shape)
-        peaks = x.reshape(x.shape[0], -1).amax(0) if units is not None else None
-        x = flat_float(x)
-        n = x.numel()
+        plan = self._plans.get(t.shape) or self.plan(t)
+        t = t.detach()
+        peaks = t.amax(0) if plan.units is not None else None  # per position, over the batch
+        x = t.reshape(-1)
+        if x.dtype is not torch.float32:
+            x = x.float()
         if self.size is None:  # exact mode: summarise now, keep only the summary row
-            row = summarize(x[None], self.config, precise=True)[0]
-            return CallRecord(self.index, batch, n, row, None, 0.0, peaks, units)
-        if n <= self.size:  # small: the sample is the whole activation, exact at flush
-            return CallRecord(self.index, batch, n, x.clone(), None, 0.0, peaks, units)
-        sample = x[self.positions(n)].clone()
+            row = summarize(x[None], self.config)[0]
+            return CallRecord(
+                self.index, batch, plan.numel, plan.numel, row, None, 0.0, peaks, plan.units
+            )
+        if plan.index is None:  # small: the sample is the whole activation, exact at flush
+            return CallRecord(
+                self.index, batch, plan.numel, plan.numel, x.clone(), None, 0.0, peaks, plan.units
+            )
+        sample = x.index_select(0, plan.index)
         sums = None
         shift: float | torch.Tensor = 0.0
-        if self.config.exact_moments:
+        if self.exact_moments:
             if self.shift is None:  # first call: centre on a value of its own (no sync)
                 shift = sample[0]
                 x = x - shift
@@ -144,7 +180,9 @@ class Probe:
                 shift = self.shift
                 x = x - shift
             sums = (x.sum(), torch.dot(x, x))
-        return CallRecord(self.index, batch, n, sample, sums, shift, peaks, units)
+        return CallRecord(
+            self.index, batch, plan.numel, plan.taken, sample, sums, shift, peaks, plan.units
+        )
 
 
 def grad_sums(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -153,44 +191,81 @@ def grad_sums(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return g.sum(), torch.dot(g, g), g.abs().sum()
 
 
-# Columns of a `summarize` row: finite sum, centred sum of squares, finite count, near-zero
-# count, non-finite count, largest finite |a|, then the histogram.
-S_SUM, S_M2, S_COUNT, S_NEAR, S_BAD, S_MAX, S_HIST = range(7)
+# Columns of a `moments` row: finite count, finite sum, centred sum of squares, largest
+# finite |a|. Columns of a `histogram` row: near-zero count, non-finite count, histogram.
+# A `summarize` row (exact mode) is a moments row followed by a histogram row.
+S_COUNT, S_SUM, S_M2, S_MAX = range(4)
+H_NEAR, H_BAD, H_HIST = range(3)
+S_HIST = 4 + H_HIST
 
 
-def summarize(samples: torch.Tensor, config: StatsConfig, precise: bool = True) -> torch.Tensor:
-    """Per row of (rows, k) samples: the `S_*` fields, then the |a| histogram.
-
-    Moments are two-pass in float64 (float32 on MPS, which lacks float64) over the finite
-    values, so they are exact for a whole activation and robust to large offsets."""
-    rows, bins = samples.shape[0], config.bins
-    dtype = torch.float32 if samples.device.type == "mps" or not precise else torch.float64
+def moments(samples: torch.Tensor) -> torch.Tensor:
+    """Per row of (rows, k) values: the `S_*` fields, two-pass over the finite values in
+    float64 (float32 on MPS), so exact for a whole activation and robust to offsets."""
+    dtype = torch.float32 if samples.device.type == "mps" else torch.float64
     a = samples.abs()
-    bad = ~(a <= _F32_MAX)  # NaN and inf (float32's range: also for float64 inputs)
-    if config.hist == "linear":
-        b = (a * (bins / config.hist_max)).clamp_(max=bins - 0.5)
-    else:  # bin 0: below 2**lo; bin i: [2**(lo+i-1), 2**(lo+i)); the last: 2**hi and above
-        lo = config.log_range[0]
-        _, exp = torch.frexp(a.float())  # a = m * 2**exp, m in [0.5, 1): floor(log2 a) = exp-1
-        b = (exp - lo).clamp_(0, bins - 1).masked_fill_(a == 0, 0).to(a.dtype)
-    b = b.masked_fill_(bad, bins)  # non-finite: one extra bucket per row
-    b += torch.arange(0, rows * (bins + 1), bins + 1, dtype=b.dtype, device=b.device)[:, None]
-    hist = _count(b.view(-1).long(), rows * (bins + 1)).view(rows, bins + 1)
-    near = (a <= config.near_zero).sum(1)  # NaN compares False
+    bad = ~(a <= _F32_MAX)  # NaN and inf
     vals = samples.to(dtype).masked_fill(bad, 0.0)
     count = (~bad).sum(1).to(dtype)
     total = vals.sum(1)
-    mean = total / count.clamp(min=1)
-    dev = (vals - mean[:, None]).masked_fill_(bad, 0.0)
-    biggest = a.masked_fill(bad, 0.0).amax(1) if a.shape[1] else a.new_zeros(rows)
-    cols = [total, (dev * dev).sum(1), count, near, hist[:, bins], biggest, hist[:, :bins]]
-    return torch.cat([c.reshape(rows, -1).to(dtype) for c in cols], 1)
+    dev = (vals - (total / count.clamp(min=1))[:, None]).masked_fill_(bad, 0.0)
+    biggest = a.masked_fill(bad, 0.0).amax(1) if a.shape[1] else a.new_zeros(len(a))
+    return torch.stack([count, total, (dev * dev).sum(1), biggest.to(dtype)], 1)
+
+
+def histogram(samples: torch.Tensor, config: StatsConfig) -> torch.Tensor:
+    """Per row of (rows, k) float32 values: the `H_*` fields (the near-zero count, the
+    non-finite count and the |a| histogram), in a few vectorised passes."""
+    rows, bins = samples.shape[0], config.bins
+    a = samples.abs()
+    near = (a <= config.near_zero).sum(1)  # NaN compares False
+    if config.hist == "log":
+        # Count the biased float32 exponent of |a| (its power of two; 255 is NaN/inf) per
+        # row, then fold the 256 exponents into the bins: one pass over the values.
+        e = a.view(torch.int32) >> 23
+        e += torch.arange(0, rows * 256, 256, dtype=e.dtype, device=e.device)[:, None]
+        per_exp = _count(e.view(-1), rows * 256).view(rows, 256)
+        per_exp = per_exp.to(torch.float32 if a.device.type == "mps" else torch.float64)
+        return torch.cat([near[:, None].to(per_exp.dtype), per_exp @ _log_fold(config, per_exp)], 1)
+    b = (a * (bins / config.hist_max)).clamp_(max=bins - 0.5)
+    b = b.masked_fill_(~(a <= _F32_MAX), bins).int()
+    b += torch.arange(0, rows * (bins + 1), bins + 1, dtype=b.dtype, device=b.device)[:, None]
+    hist = _count(b.view(-1), rows * (bins + 1)).view(rows, bins + 1)
+    return torch.cat([near[:, None], hist[:, bins : bins + 1], hist[:, :bins]], 1)
+
+
+_FOLDS: dict[tuple, torch.Tensor] = {}
+
+
+def _log_fold(config: StatsConfig, like: torch.Tensor) -> torch.Tensor:
+    """(256, 1 + bins) 0/1 matrix: biased exponent -> [non-finite, log bins...] column.
+
+    Bin i holds [2**(lo+i-1), 2**(lo+i)): exponent e = lo + i - 1 + 127; below 2**lo
+    (zeros and subnormals included) is bin 0; 2**hi and above the last bin."""
+    key = (config.log_range, like.device, like.dtype)
+    fold = _FOLDS.get(key)
+    if fold is None:
+        e = torch.arange(256)
+        col = 1 + (e - (126 + config.log_range[0])).clamp(0, config.bins - 1)
+        col[255] = 0
+        fold = torch.zeros(256, 1 + config.bins, dtype=like.dtype)
+        fold[e, col] = 1
+        fold = _FOLDS[key] = fold.to(like.device)
+    return fold
+
+
+def summarize(samples: torch.Tensor, config: StatsConfig) -> torch.Tensor:
+    """Moments and histogram of each row (exact mode: one row per whole activation)."""
+    hist = histogram(samples, config)
+    m = moments(samples)
+    return torch.cat([m, hist.to(m.dtype)], 1)
 
 
 def _count(index: torch.Tensor, size: int) -> torch.Tensor:
     """How often each value in [0, size) occurs, without a host sync on accelerators."""
     if index.device.type == "cpu":
         return torch.bincount(index, minlength=size)  # fastest on the CPU; syncs on CUDA
+    index = index.long()
     ones = torch.ones(1, dtype=torch.int64, device=index.device).expand(index.numel())
     return torch.zeros(size, dtype=torch.int64, device=index.device).index_add_(0, index, ones)
 
@@ -201,129 +276,187 @@ def _grouped(records: list, key) -> list[tuple[object, list[int]]]:
     return [(k, list(g)) for k, g in itertools.groupby(order, key=lambda i: key(records[i]))]
 
 
+class _Transfer:
+    """Device tensors gathered into one float64 buffer, copied to the host at once."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+        self.layout: list[tuple[str, list[int], int]] = []  # (what, record indices, width)
+
+    def add(self, what: str, idx: list[int], t: torch.Tensor) -> None:
+        t = t.reshape(len(idx), -1)
+        self.parts.append(t.to(torch.float32 if t.device.type == "mps" else torch.float64))
+        self.layout.append((what, idx, t.shape[1]))
+
+    def fetch(self, targets: dict[str, np.ndarray]) -> None:
+        """Copy everything to the host (one transfer) and scatter it into `targets`."""
+        if not self.parts:
+            return
+        host = torch.cat([p.reshape(-1) for p in self.parts]).cpu().numpy()
+        at = 0
+        for what, idx, width in self.layout:
+            targets[what][idx] = host[at : at + len(idx) * width].reshape(len(idx), width)
+            at += len(idx) * width
+
+
 def build_columns(
     calls: list[CallRecord], grads: list[GradRecord], config: StatsConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Turn pending records into one-batch columns, moving everything to the host at once.
+    """Turn pending records into one-batch columns, moving everything to the host at once
+    (a second, small transfer only for records whose exact sums hit NaN/inf).
 
     Returns (layer index per row, rows of `config.width` fields): activation rows first,
-    then gradient rows, each in record order. Only device tensors of one device mix."""
-    parts: list[torch.Tensor] = []  # flattened float64 pieces, copied in one transfer
-    layout: list[tuple[str, list[int], int]] = []  # (what, record indices, columns each)
-
-    def add(what: str, idx: list[int], t: torch.Tensor) -> None:
-        t = t.reshape(len(idx), -1)
-        parts.append(t.to(torch.float64 if t.device.type != "mps" else torch.float32).view(-1))
-        layout.append((what, idx, t.shape[1]))
-
-    if config.sample_size is None:
+    then gradient rows, each in record order. Records must all be on one device."""
+    n = len(calls)
+    host = {
+        "moments": np.full((n, 4), np.nan),
+        "hist": np.zeros((n, 2 + config.bins)),
+        "sums": np.full((n, 2), np.nan),  # sum, sum of squares of a - shift
+        "shift": np.zeros((n, 1)),
+        "units": np.zeros((n, 4)),  # dead, units with NaN/+inf, units, largest finite peak
+        "grads": np.zeros((len(grads), 3)),
+    }
+    move = _Transfer()
+    if config.sample_size is None:  # exact mode: the records hold finished summary rows
         if calls:
-            add("summary", list(range(len(calls))), torch.stack([r.sample for r in calls]))
+            rows = torch.stack([r.sample for r in calls])
+            move.add("moments", list(range(n)), rows[:, :4])
+            move.add("hist", list(range(n)), rows[:, 4:])
     else:
-        for _, idx in _grouped(calls, lambda r: r.sample.numel()):
-            add("summary", idx, summarize(torch.stack([calls[i].sample for i in idx]), config))
+        for _, idx in _grouped(calls, lambda r: r.taken):
+            samples = torch.stack([calls[i].sample for i in idx])
+            move.add("hist", idx, histogram(samples, config))
+            whole = [j for j, i in enumerate(idx) if calls[i].sums is None]
+            if whole:
+                move.add("moments", [idx[j] for j in whole], moments(samples[whole]))
     with_sums = [i for i, r in enumerate(calls) if r.sums is not None]
     if with_sums:
-        flat = [s for i in with_sums for s in calls[i].sums]
-        shifts = [calls[i].shift for i in with_sums]
-        dev = flat[0]
-        shift = torch.stack(
-            [s if isinstance(s, torch.Tensor) else dev.new_tensor(s) for s in shifts]
-        )
-        add("sums", with_sums, torch.cat([torch.stack(flat).view(-1, 2), shift[:, None]], 1))
+        flat = torch.stack([s for i in with_sums for s in calls[i].sums]).view(-1, 2)
+        move.add("sums", with_sums, flat)
+        first = []  # first calls, centred on one of their own values (a device scalar)
+        for i in with_sums:
+            shift = calls[i].shift
+            if isinstance(shift, torch.Tensor):
+                first.append(i)
+            else:
+                host["shift"][i] = shift
+        if first:
+            move.add("shift", first, torch.stack([calls[i].shift for i in first]))
     with_peaks = [i for i, r in enumerate(calls) if r.peaks is not None]
-    for units, idx in _grouped([calls[i] for i in with_peaks], lambda r: r.units):
+    for (units, _), idx in _grouped(
+        [calls[i] for i in with_peaks], lambda r: (r.units, r.peaks.shape)
+    ):
         u = torch.stack([calls[with_peaks[i]].peaks for i in idx]).float()
         u = u.view(len(idx), units.rows, units.cols).amax(units.axis + 1)
         dead = (u <= config.near_zero).sum(1).float()
         bad = (~(u <= _F32_MAX)).sum(1).float()  # NaN or +inf somewhere in the unit
         big = u.masked_fill(~(u.abs() <= _F32_MAX), 0.0).abs().amax(1)
         count = torch.full_like(dead, u.shape[1])
-        add("units", [with_peaks[i] for i in idx], torch.stack([dead, bad, count, big], 1))
+        move.add("units", [with_peaks[i] for i in idx], torch.stack([dead, bad, count, big], 1))
     if grads:
-        add("grads", list(range(len(grads))), torch.stack([s for g in grads for s in g.sums]))
-    host = torch.cat(parts).cpu().numpy() if parts else np.zeros(0)
-    return _to_columns(calls, grads, config, host, layout)
+        move.add("grads", list(range(len(grads))), torch.stack([s for g in grads for s in g.sums]))
+    move.fetch(host)
 
-
-def _to_columns(
-    calls: list[CallRecord],
-    grads: list[GradRecord],
-    config: StatsConfig,
-    host: np.ndarray,
-    layout: list[tuple[str, list[int], int]],
-) -> tuple[np.ndarray, np.ndarray]:
-    n = len(calls)
-    summary = np.zeros((n, S_HIST + config.bins))
-    sums = np.full((n, 3), np.nan)
-    units = np.zeros((n, 4))  # dead, units with NaN/+inf, units, largest finite peak
-    gsums = np.zeros((len(grads), 3))
-    at = 0
-    for what, idx, width in layout:
-        block = host[at : at + len(idx) * width].reshape(len(idx), width)
-        at += len(idx) * width
-        target = {"summary": summary, "sums": sums, "units": units, "grads": gsums}[what]
-        target[idx] = block
-    out = np.zeros((n + len(grads), config.width))
-    layers = np.array([r.layer for r in calls] + [g.layer for g in grads], dtype=np.int64)
-    steps = np.array([r.batch for r in calls] + [g.batch for g in grads], dtype=float)
+    # A gradient goes into the row of its call when that call is the only one of its layer
+    # and batch here (the usual case); else into a row of its own.
+    key = [(r.layer, r.batch) for r in calls]
+    count: dict[tuple[int, int], int] = {}
+    for k in key:
+        count[k] = count.get(k, 0) + 1
+    row_of = {k: i for i, k in enumerate(key) if count[k] == 1}
+    target = []
+    extra = []
+    for g in grads:
+        i = row_of.pop((g.layer, g.batch), None)
+        if i is None:
+            i = n + len(extra)
+            extra.append(g)
+        target.append(i)
+    out = np.zeros((n + len(extra), config.width))
+    layers = np.array([r.layer for r in calls] + [g.layer for g in extra], dtype=np.int64)
+    steps = np.array([r.batch for r in calls] + [g.batch for g in extra], dtype=float)
     out[:, Field.BATCHES] = 1
     out[:, Field.STEP_SUM] = out[:, Field.STEP_FIRST] = out[:, Field.STEP_LAST] = steps
-    out[:n, Field.G_MEAN] = out[n:, Field.MEAN] = np.nan  # no values: no mean
+    out[:, Field.G_MEAN] = np.nan  # no values: no mean
+    out[n:, Field.MEAN] = np.nan
     if n:
-        _activation_fields(out[:n], calls, config, summary, sums, units)
+        _activation_fields(out[:n], calls, config, host, _fallback(calls))
     if grads:
-        _grad_fields(out[n:], np.array([g.numel for g in grads], float), gsums)
+        fields = np.zeros((len(grads), config.width))
+        _grad_fields(fields, np.array([g.numel for g in grads], float), host["grads"])
+        g_fields = [Field.G_COUNT, Field.G_MEAN, Field.G_M2, Field.G_ABS, Field.G_NONFINITE]
+        out[np.ix_(target, g_fields)] = fields[:, g_fields]
     return layers, out
+
+
+def _fallback(calls: list[CallRecord]):
+    """Moments of the samples of the records `idx` (needed when exact sums failed)."""
+
+    def fetch(idx: list[int]) -> np.ndarray:
+        out = np.full((len(calls), 4), np.nan)
+        move = _Transfer()
+        for _, group in _grouped([calls[i] for i in idx], lambda r: r.taken):
+            rows = [idx[j] for j in group]
+            move.add("moments", rows, moments(torch.stack([calls[i].sample for i in rows])))
+        move.fetch({"moments": out})
+        return out[idx]
+
+    return fetch
 
 
 def _activation_fields(
     out: np.ndarray,
     calls: list[CallRecord],
     config: StatsConfig,
-    summary: np.ndarray,
-    sums: np.ndarray,
-    units: np.ndarray,
+    host: dict[str, np.ndarray],
+    fallback,
 ) -> None:
     numel = np.array([r.numel for r in calls], float)
-    taken = np.array([r.sample.numel() for r in calls], float)
-    if config.sample_size is None:
-        taken = numel
+    taken = np.array([r.taken for r in calls], float)
     whole = taken >= numel  # the sample is the whole activation: everything exact
     scale = numel / np.maximum(taken, 1)
-    s_bad = summary[:, S_BAD]
-    dead, bad_units, n_units, peak = units.T
-    has_sums = ~np.isnan(sums[:, 2])
-    s1, s2, shift = sums.T
-    finite_sums = has_sums & np.isfinite(s1) & np.isfinite(s2)
+    hist, mom = host["hist"], host["moments"]
+    s_bad = hist[:, H_BAD]
+    dead, bad_units, n_units, peak = host["units"].T
+    s1, s2 = host["sums"].T
+    shift = host["shift"][:, 0]
+    has_sums = np.array([r.sums is not None for r in calls])
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        finite_sums = has_sums & np.isfinite(s1) & np.isfinite(s2)
+        m2_exact = s2 - s1 * s1 / numel
+        clean = (s_bad == 0) & (bad_units == 0)
+        reliable = finite_sums & clean & ((m2_exact > 1e-2 * s2) | (s2 == 0))
+    need = np.flatnonzero(~whole & ~reliable & np.isnan(mom[:, S_COUNT]))
+    if len(need):  # sums missing (sampled moments) or unusable: the sample's moments
+        mom = mom.copy()
+        mom[need] = fallback(list(need))
     # Non-finite values: exact where the sample is everything; else seen in the sample,
-    # in a unit's peak (NaN, +inf), or in the exact sums unless those only overflowed.
-    big = np.maximum(summary[:, S_MAX], peak)
-    overflow = big * big * numel >= _F32_MAX * 1e-3
-    seen_in_sums = has_sums & ~finite_sums & ~overflow
-    bad = np.where(
-        whole,
-        s_bad,
-        np.maximum(s_bad * scale, np.where((bad_units > 0) | seen_in_sums, 1.0, 0.0)),
-    )
-    bad = np.maximum(bad, np.where(whole, 0, bad_units))
+    # in a unit's peak (NaN, +inf), or in the exact sum of a - shift unless it may have
+    # overflowed (|a| + |shift| as large as numel times that comes near float32's max).
+    # The sum of squares adds nothing: a NaN/inf makes the sum non-finite too, and squares
+    # overflow for finite values (|a| from ~1e19) that the peaks may not show.
+    reach = np.maximum(np.nan_to_num(mom[:, S_MAX]), peak) + np.abs(np.nan_to_num(shift))
+    with np.errstate(over="ignore", invalid="ignore"):
+        may_overflow = reach * numel >= _F32_MAX * 1e-3
+    seen_in_sums = has_sums & ~np.isfinite(s1) & ~may_overflow
+    seen = np.where((bad_units > 0) | seen_in_sums, 1.0, 0.0)
+    bad = np.where(whole, s_bad, np.maximum(np.maximum(s_bad * scale, seen), bad_units))
+    bad = np.minimum(bad, numel)  # a scaled estimate never exceeds the values there are
     out[:, Field.NUMEL] = numel
     out[:, Field.NONFINITE] = bad
     out[:, Field.COUNT] = numel - bad
-    out[:, Field.NEAR_ZERO] = summary[:, S_NEAR] * scale
+    out[:, Field.NEAR_ZERO] = hist[:, H_NEAR] * scale
     out[:, Field.UNITS] = n_units
     out[:, Field.DEAD] = dead
-    out[:, HIST:] = summary[:, S_HIST:] * scale[:, None]
-    # Moments: the exact centred sums when they are trustworthy, else the sample's.
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        m2_exact = s2 - s1 * s1 / numel
-        reliable = finite_sums & (bad == 0) & (m2_exact > 1e-2 * s2)
-        reliable |= finite_sums & (bad == 0) & (s2 == 0)
-        cnt = summary[:, S_COUNT]
-        s_mean = np.where(cnt > 0, summary[:, S_SUM] / np.maximum(cnt, 1), np.nan)
-        s_m2 = summary[:, S_M2] * np.where(cnt > 0, (numel - bad) / np.maximum(cnt, 1), 0.0)
-        out[:, Field.MEAN] = np.where(reliable, shift + s1 / numel, s_mean)
-        out[:, Field.M2] = np.where(reliable, np.maximum(m2_exact, 0.0), s_m2)
+    out[:, HIST:] = hist[:, H_HIST:] * scale[:, None]
+    # Moments: the exact centred sums when trustworthy, else the sample's finite values.
+    cnt = mom[:, S_COUNT]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s_mean = np.where(cnt > 0, mom[:, S_SUM] / np.maximum(cnt, 1), np.nan)
+        s_m2 = mom[:, S_M2] * np.where(cnt > 0, (numel - bad) / np.maximum(cnt, 1), 0.0)
+    use = reliable & ~whole
+    out[:, Field.MEAN] = np.where(use, shift + s1 / numel, s_mean)
+    out[:, Field.M2] = np.where(use, np.maximum(m2_exact, 0.0), np.nan_to_num(s_m2))
     out[:, Field.MEAN] = np.where(out[:, Field.COUNT] > 0, out[:, Field.MEAN], np.nan)
 
 

@@ -81,6 +81,7 @@ class StoreModuleStats(StatsHooks):
         name: str | None = None,
         config: StatsConfig | None = None,
     ) -> None:
+        self._seen = 0
         super().__init__(
             [m], on_train=on_train, on_valid=on_valid, periodicity=periodicity, config=config
         )
@@ -91,7 +92,9 @@ class StoreModuleStats(StatsHooks):
         self.name = self.names[0]
 
     def _on_forward(self, probe: Any, module: nn.Module, inputs: Any, output: Any) -> None:
+        before = self._batch_calls
         super()._on_forward(probe, module, inputs, output)
+        self._seen += self._batch_calls - before
         self.step()  # one column per call
 
     @property
@@ -102,7 +105,7 @@ class StoreModuleStats(StatsHooks):
     @property
     def calls(self) -> int:
         """Forward calls seen in a recorded mode (before `periodicity` skips some)."""
-        return self._calls[0] if self._calls else 0
+        return self._seen
 
     @property
     def layer_stats(self) -> LayerStats:

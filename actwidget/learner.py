@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import numbers
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, TypeVar
 
@@ -62,11 +63,25 @@ _CANCELS = {
 
 
 def run_cbs(cbs: Iterable[Any], method_nm: str, learn: Any = None) -> None:
-    """Call `cb.<method_nm>(learn)` on each callback by `order`, skipping those without it."""
+    """Call `cb.<method_nm>(learn)` on each callback by `order`, skipping those without it.
+
+    A `cleanup_*` event reaches every callback even when one of them raises (each may have
+    hooks to remove or files to close); the first error is raised after all ran."""
+    cleanup = method_nm.startswith("cleanup_")
+    error: BaseException | None = None
     for cb in sorted(cbs, key=attrgetter("order")):
         method = getattr(cb, method_nm, None)
-        if method is not None:
+        if method is None:
+            continue
+        if not cleanup:
             method(learn)
+            continue
+        try:
+            method(learn)
+        except BaseException as e:
+            error = error or e
+    if error is not None:
+        raise error
 
 
 def with_cbs(nm: str) -> Callable[[_F], _F]:
@@ -166,7 +181,13 @@ class Learner:
         cbs: Sequence[Any] | None = None,
         lr: float | None = None,
     ) -> None:
-        """Train for `n_epochs`; `cbs` and `lr` apply to this fit only."""
+        """Train for `n_epochs` (an int >= 0; 0 runs only the fit's own events); `cbs` and
+        `lr` apply to this fit only."""
+        if isinstance(n_epochs, bool) or not isinstance(n_epochs, numbers.Integral):
+            raise TypeError(f"n_epochs must be an int >= 0, got {n_epochs!r}")
+        if n_epochs < 0:
+            raise ValueError(f"n_epochs must be an int >= 0, got {n_epochs}")
+        n_epochs = int(n_epochs)
         extra = list(cbs or [])
         self.cbs.extend(extra)
         with self._lock:
@@ -239,14 +260,38 @@ class Learner:
             self.zero_grad()
 
 
+def _describe(batch: Any) -> str:
+    """A short description of a batch, for error messages."""
+    if isinstance(batch, Mapping):
+        return f"a {type(batch).__name__} with keys {list(batch)[:8]}"
+    if isinstance(batch, torch.Tensor):
+        return f"a single tensor of shape {tuple(batch.shape)}"
+    if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
+        return f"a {type(batch).__name__} of {len(batch)} item(s)"
+    return f"a {type(batch).__name__}"
+
+
+def _inputs_targets(batch: Any) -> tuple[Any, Any]:
+    """The (inputs, targets) of a `(xb, yb, ...)` batch; a clear error for other shapes."""
+    if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TypeError(
+        f"TrainLearner expects each batch to be a tuple or list (inputs, targets, ...), as a "
+        f"DataLoader over a TensorDataset yields; got {_describe(batch)}. For other batches "
+        f"(e.g. dicts), subclass TrainLearner and override predict and get_loss, or convert "
+        f"them with the DataLoader's collate_fn."
+    )
+
+
 class TrainLearner(Learner):
-    """A `Learner` for the usual `(xb, yb)` supervised step."""
+    """A `Learner` for the usual `(xb, yb)` supervised step: each batch is a tuple or list
+    whose first two items are the inputs and the targets."""
 
     def predict(self) -> None:
-        self.preds = self.model(self.batch[0])
+        self.preds = self.model(_inputs_targets(self.batch)[0])
 
     def get_loss(self) -> None:
-        self.loss = self.loss_func(self.preds, self.batch[1])
+        self.loss = self.loss_func(self.preds, _inputs_targets(self.batch)[1])
 
     def backward(self) -> None:
         self.loss.backward()

@@ -12,23 +12,33 @@ __all__ = ["CNN", "Conv2dWithReLU"]
 
 
 class Conv2dWithReLU(nn.Conv2d):
-    """A `Conv2d` followed by a nonlinearity (ReLU by default), hooked as one layer."""
+    """A `Conv2d` followed by a nonlinearity (ReLU by default), hooked as one layer.
+
+    Takes every `nn.Conv2d` argument, by position or by keyword, as the course's layer does
+    (`Conv2dWithReLU(1, 8, kernel_size=5, stride=2, padding=2)`, `Conv2dWithReLU(8, 16, 3,
+    2, 1)`); `nonlinearity` only by keyword.
+    """
 
     def __init__(
         self,
-        *args,
-        nonlinearity: Callable[[torch.Tensor], torch.Tensor] = F.relu,
-        stride=1,
-        padding=0,
-        dilation=1,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        nonlinearity: Callable[[torch.Tensor], torch.Tensor] = F.relu,
     ) -> None:
         super().__init__(
-            *args,
+            in_channels,
+            out_channels,
+            kernel_size,
             stride=stride,
             padding=padding,
             dilation=dilation,
@@ -50,11 +60,11 @@ class CNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            Conv2dWithReLU(1, 8, 5, stride=2, padding=2),
-            Conv2dWithReLU(8, 16, 3, stride=2, padding=1),
-            Conv2dWithReLU(16, 32, 3, stride=2, padding=1),
-            Conv2dWithReLU(32, 64, 3, stride=2, padding=1),
-            nn.Conv2d(64, 10, 3, stride=2, padding=1),
+            Conv2dWithReLU(1, 8, kernel_size=5, stride=2, padding=2),
+            Conv2dWithReLU(8, 16, kernel_size=3, stride=2, padding=1),
+            Conv2dWithReLU(16, 32, kernel_size=3, stride=2, padding=1),
+            Conv2dWithReLU(32, 64, kernel_size=3, stride=2, padding=1),
+            nn.Conv2d(64, 10, kernel_size=3, stride=2, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

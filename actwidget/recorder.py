@@ -22,6 +22,7 @@ import bisect
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import time
 import warnings
@@ -160,6 +161,13 @@ def _is_distributed() -> bool:
     )
 
 
+def _distributed_later() -> bool:
+    """Launched as one of several ranks (torchrun sets WORLD_SIZE) whose process group is
+    not initialised yet: which rank writes is decided when the fit begins."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return world.isdigit() and int(world) > 1 and not _is_distributed()
+
+
 class StatsHooks:
     """Records activation (and gradient) stats of chosen modules, every batch, in any loop.
 
@@ -170,6 +178,8 @@ class StatsHooks:
     - `config`: what is recorded (`StatsConfig`); `alerts`: the rules (`AlertConfig`, or
       False for none); `stop_on`: alert kinds that stop the fit (e.g. {"nonfinite"}).
     - `run_dir`: also write the run to this directory (see `actwidget.runfile`).
+    - `root_rank`: under torch.distributed, the rank that holds the global stats and writes
+      `run_dir` (the others record, and combine at each flush, but keep nothing).
     - `flush_every`, `flush_interval`: pending records move to the host every this many
       batches or seconds, whichever comes first (by batches only under torch.distributed).
     - `auto_step`: in a `with` block, each optimizer step ends a batch; False: only `step()`.
@@ -194,6 +204,7 @@ class StatsHooks:
         alerts: AlertConfig | bool = True,
         stop_on: Collection[str] = (),
         run_dir: str | Path | None = None,
+        root_rank: int = 0,
         flush_every: int = 64,
         flush_interval: float = 0.5,
         auto_step: bool = True,
@@ -217,7 +228,11 @@ class StatsHooks:
         self.stop_on = frozenset(stop_on)
         self.flush_every, self.flush_interval = flush_every, flush_interval
         self.auto_step = auto_step
+        self._grads = self.config.grads
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        if isinstance(root_rank, bool) or not isinstance(root_rank, int) or root_rank < 0:
+            raise ValueError(f"root_rank must be an int >= 0, got {root_rank!r}")
+        self.root_rank = root_rank
 
         self.modules: list[nn.Module] = []
         self.names: list[str] = []
@@ -232,8 +247,9 @@ class StatsHooks:
         self._flush_lock = threading.RLock()
         self._listeners = Listeners()
         self._diagnoser: Diagnoser | None = None
-        self._sink: Any = None  # a runfile.RunWriter when run_dir is set
+        self._sink: Any = None  # a runfile.RunWriter when run_dir is set (on the root rank)
         self._dist: Any = None  # a _dist.Combiner under torch.distributed
+        self._agreed = False  # under torch.distributed: every rank agreed to stop
 
         # Progress.
         self._batch = self._stats.batches  # index of the batch being recorded
@@ -303,21 +319,34 @@ class StatsHooks:
             for n in names:
                 self._stats.layer(n)
             if self._alert_config is not None:
-                self._diagnoser = Diagnoser(self._alert_config, names)
+                self._diagnoser = Diagnoser(self._alert_config, names, self.config)
         handles = []
         try:  # the one place hooks are registered
             for m, probe in zip(mods, self._probes, strict=True):
-                handles.append(m.register_forward_hook(partial(self._on_forward, probe)))
+                # Never traced by torch.compile: the hook runs eagerly, on real tensors.
+                hook = torch.compiler.disable(partial(self._on_forward, probe))
+                handles.append(m.register_forward_hook(hook))
         except BaseException:
             for h in handles:
                 h.remove()
             raise
         self._handles = handles
+        if not _distributed_later():  # else begin_fit decides which rank writes
+            self._setup_dist()
+        return self
+
+    def _setup_dist(self) -> None:
+        """Under torch.distributed, the combiner (made on every rank: a collective); on the
+        writing rank, the run-file sink."""
+        if self._dist is None and _is_distributed():
+            from ._dist import Combiner
+
+            self._dist = Combiner(len(self.names), root=self.root_rank)
         if self.run_dir is not None and self._sink is None and self._is_writer():
             from .runfile import RunWriter
 
-            self._sink = RunWriter(self.run_dir, self.config, self.names)
-        return self
+            snap = self._stats.snapshot()
+            self._sink = RunWriter(self.run_dir, self.config, self.names, stats=snap)
 
     def remove(self) -> None:
         """Flush what was recorded, then unregister every hook (always, even if the flush
@@ -364,7 +393,9 @@ class StatsHooks:
         self._end_batch()
         self._fit += 1
         self._fit_id = next(_FIT_IDS)
+        self._setup_dist()
         self._stop.clear()
+        self._agreed = False
         self._stopped, self._message = False, ""
         self._fit_start_batch = self._batch
         self._epochs, self._epoch, self._epoch_step, self._epoch_steps = epochs, None, 0, None
@@ -407,12 +438,12 @@ class StatsHooks:
             ):
                 self._flush(from_loop=True)
             self._listeners.emit(Event.BATCH, self)
-        if self._sink is not None and self._sink.stop_requested():
+        if self._sink is not None and self._sink.stop_requested():  # reads at most every 0.5 s
             self._stop.set()
-        if self._dist is not None:
-            agreed = self._dist.agree_stop(self._stop.is_set())
-            if agreed:
-                self._stop.set()
+        if self._dist is not None and counted and self._state is RunState.RUNNING:
+            # Every rank ends the same batches: agree at each (on the flag all-reduced since
+            # the last one), so that all stop at the same batch and none alone.
+            self._agreed = self._dist.agree_stop(self._stop.is_set()) or self._agreed
         return self.should_stop
 
     def _end_batch(self) -> bool:
@@ -430,9 +461,15 @@ class StatsHooks:
         self._end_batch()
         self._t1 = time.perf_counter()
         try:
-            self._flush(from_loop=True)
+            if self._dist is not None and error is not None:
+                self._drop_distributed()  # the other ranks may not be here: no collective
+            else:
+                self._flush(from_loop=True)  # under torch.distributed: on every rank
+                if self._dist is not None and self._dist.finish():
+                    self._agreed = True
         finally:
-            if self._stop.is_set() or isinstance(error, KeyboardInterrupt):
+            stop = self._agreed if self._dist is not None else self._stop.is_set()
+            if stop or isinstance(error, KeyboardInterrupt):
                 self._stopped = True
                 self._state = RunState.STOPPED
                 self._message = "interrupted" if error else where or self._where()
@@ -442,6 +479,7 @@ class StatsHooks:
             else:
                 self._state = RunState.FINISHED
             self._stop.clear()
+            self._agreed = False
             if self._sink is not None:
                 self._sink.end_fit(self.status)
             self._listeners.emit(Event.FIT_END, self)
@@ -469,39 +507,49 @@ class StatsHooks:
 
     @property
     def should_stop(self) -> bool:
-        """True once a stop was requested for the running fit: end it at this batch boundary."""
-        return self._stop.is_set()
+        """True once a stop was requested for the running fit: end it at this batch boundary.
+
+        Under torch.distributed: once every rank agreed (the same batch on all ranks)."""
+        return self._agreed if self._dist is not None else self._stop.is_set()
+
+    def _drop_distributed(self) -> None:
+        """The fit failed on this rank: drop what was not combined, leave no collective."""
+        with self._pending_lock:
+            self._pending, self._pending_grads = [], []
+        self._dist.abandon()
 
     # --- the hot path -----------------------------------------------------------------
     def _on_forward(self, probe: Probe, module: nn.Module, inputs: Any, output: Any) -> None:
-        # Never raises into the user's forward: a failure skips the layer, with one warning.
+        # The hot path. Never raises into the user's forward: a failure skips the call, with
+        # one warning naming the layer.
         try:
             if not (self.on_train if module.training else self.on_valid):
                 return
-            i = probe.index
-            self._calls[i] += 1
             self._batch_calls += 1  # the batch counts even when periodicity skips the call
-            if self.periodicity > 1 and (self._calls[i] - 1) % self.periodicity:
-                return
+            if self.periodicity > 1:
+                self._calls[probe.index] += 1
+                if (self._calls[probe.index] - 1) % self.periodicity:
+                    return
             t = output if type(output) is torch.Tensor else first_float_tensor(output)
-            if t is None or not t.is_floating_point() or t.layout != torch.strided or (
-                t.ndim == 0 or t.numel() == 0 or t.device.type == "meta" or t.is_nested
+            if t is None or not t.is_floating_point() or t.layout is not torch.strided or (
+                not t.ndim or not t.numel() or t.is_meta or t.is_nested
             ):  # fmt: skip
-                self._warn(i, _unsummarizable(t) or f"a {type(output).__name__}")
+                self._warn(probe.index, _unsummarizable(t) or f"a {type(output).__name__}")
                 return
             rec = probe.forward(t, self._batch)
             with self._pending_lock:
                 self._pending.append(rec)
-            if self.config.grads and t.requires_grad and torch.is_grad_enabled():
-                t.register_hook(partial(self._on_grad, i, self._batch, t.numel(), self._gen))
+            if self._grads and t.requires_grad and torch.is_grad_enabled():
+                t.register_hook(partial(self._on_grad, probe.index, self._batch, self._gen))
         except Exception as e:
+            probe.reset()  # e.g. the output moved to another device: plan again next call
             self._warn(probe.index, f"not summarisable ({type(e).__name__}: {e})")
 
-    def _on_grad(self, layer: int, batch: int, numel: int, gen: int, g: torch.Tensor) -> None:
+    def _on_grad(self, layer: int, batch: int, gen: int, g: torch.Tensor) -> None:
         try:
-            if gen != self._gen or g is None or g.layout != torch.strided:
+            if gen != self._gen or g is None or g.layout is not torch.strided:
                 return
-            rec = GradRecord(layer, batch, numel, grad_sums(g))
+            rec = GradRecord(layer, batch, g.numel(), grad_sums(g))
             with self._pending_lock:
                 self._pending_grads.append(rec)
         except Exception as e:
@@ -590,7 +638,7 @@ class StatsHooks:
                 new[name] = mine
         self._update_shifts(new)
         if self._sink is not None:
-            self._sink.write(new)
+            self._sink.write(new, self.status)
         alerts: list[Alert] = []
         if self._diagnoser is not None:
             alerts = self._diagnoser.update(new, self._epoch_of, self._fit)
@@ -624,7 +672,13 @@ class StatsHooks:
         return self._epoch_starts[i][1] if i >= 0 else None
 
     def _is_writer(self) -> bool:
-        return not _is_distributed() or torch.distributed.get_rank() == 0
+        """Whether this process writes `run_dir`: the root rank under torch.distributed (or
+        of a launch whose ranks never joined a process group), else yes."""
+        if _is_distributed():
+            return torch.distributed.get_rank() == self.root_rank
+        if _distributed_later():
+            return os.environ.get("RANK", "0") == str(self.root_rank)
+        return True
 
     # --- reading ----------------------------------------------------------------------
     @property
@@ -686,6 +740,8 @@ class StatsHooks:
                 self._state = RunState.WAITING
             if self._diagnoser is not None:
                 self._diagnoser.begin_fit()
+            if self._sink is not None:
+                self._sink.reset()
 
     def save(self, path: str | Path) -> Path:
         """Save the recorded stats, fits and alerts to an `.npz` file."""

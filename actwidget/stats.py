@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-import zipfile
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
@@ -65,7 +63,9 @@ _ADDITIVE = [f for f in _ADDITIVE if f not in _MOMENTS[1][1:]]
 _FORMAT = "actwidget-stats/2"
 _MAX_BINS = 4096
 _MAX_CAPACITY = 1 << 16
-_MAX_SAMPLE = 1 << 24
+_MAX_FLOATS = 1 << 23  # capacity * width: at most 64 MiB of columns per layer
+_MAX_SAMPLE = 1 << 20  # values copied per call and layer (None: exact, nothing copied)
+_F32_MAX = 3.4028234663852886e38
 
 
 class FitMark(NamedTuple):
@@ -95,20 +95,25 @@ class StatsFileError(ValueError):
     """A stats file or run directory that cannot be read: says which and what is wrong."""
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    """`value` as an int in [lo, hi], else a TypeError / ValueError that gives the range."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return int(value)
 
 
-def _check_float(name: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    bad = not math.isfinite(value) or value > hi or (value <= lo if lo_open else value < lo)
-    if bad:
-        where = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+def _check_float(name: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> float:
+    """`value` as a finite float in [lo, hi] (or (lo, hi]), else an error that gives the range."""
+    where = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+    ok_type = isinstance(value, (int, float, np.floating, np.integer))
+    if isinstance(value, (bool, np.bool_)) or not ok_type:
+        raise TypeError(f"{name} must be a finite number in {where}, got {value!r}")
+    v = float(value) if not isinstance(value, int) or abs(value) < 2**1000 else math.inf
+    if not math.isfinite(v) or v > hi or (v <= lo if lo_open else v < lo):
         raise ValueError(f"{name} must be a finite number in {where}, got {value}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -122,10 +127,12 @@ class StatsConfig:
       left and add up to the number of finite values.
     - `near_zero`: |a| <= near_zero counts as near zero (fastai's threshold, 0.05). A unit
       (channel or feature) is dead in a batch when its largest value is <= near_zero.
-    - `capacity`: time columns kept per layer (even); older columns merge pairwise.
-    - `sample_size`: about this many values per layer and call, at fixed strided positions,
-      give the histogram and the near-zero fraction (scaled to the full size). Layers no
-      larger are recorded exactly. `None`: everything exact (slow on large activations).
+    - `capacity`: time columns kept per layer (even, 2 to 65536, with capacity * (bins +
+      17) at most 2**23 floats: 64 MiB per layer); older columns merge pairwise.
+    - `sample_size`: about this many values (16 to 2**20) per layer and call, at fixed
+      strided positions, give the histogram and the near-zero fraction (scaled to the full
+      size). Layers no larger are recorded exactly. `None`: everything exact (slow on large
+      activations).
     - `exact_moments`: mean, std and NaN/inf detection over the whole activation (default);
       False takes them from the sample too (cheaper, std within a few percent).
     - `grads`: also record the gradient flowing back into each layer's output (its mean,
@@ -138,34 +145,45 @@ class StatsConfig:
     log_range: tuple[int, int] = (-24, 8)
     near_zero: float = 0.05
     capacity: int = 1024
-    sample_size: int | None = 2048
+    sample_size: int | None = 1024
     exact_moments: bool = True
     grads: bool = True
 
     def __post_init__(self) -> None:
+        # Types and ranges are checked here, so that nothing fails later inside a forward;
+        # numbers are stored as plain int / float (the config is saved as JSON).
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
         if self.hist not in ("log", "linear"):
             raise ValueError(f'hist must be "log" or "linear", got {self.hist!r}')
         if self.hist == "log":
-            lo, hi = self.log_range
-            _check_int("log_range[0]", lo, -126, 126)
-            _check_int("log_range[1]", hi, lo + 1, 127)
-            object.__setattr__(self, "log_range", (int(lo), int(hi)))
+            lr = self.log_range
+            if isinstance(lr, (str, bytes)) or not hasattr(lr, "__len__") or len(lr) != 2:
+                raise TypeError(f"log_range must be a pair of ints (lo, hi), got {lr!r}")
+            lo = _check_int("log_range[0]", lr[0], -126, 126)
+            hi = _check_int("log_range[1]", lr[1], lo + 1, 127)
+            put("log_range", (lo, hi))
             if self.bins is not None and self.bins != hi - lo + 2:
                 raise ValueError(
                     f'with hist="log", bins is one per power of two plus zero and overflow '
                     f"bins ({hi - lo + 2} for log_range {self.log_range}); leave it None"
                 )
-            object.__setattr__(self, "bins", hi - lo + 2)
+            put("bins", hi - lo + 2)
         else:
-            object.__setattr__(self, "bins", 40 if self.bins is None else self.bins)
-            _check_int("bins", self.bins, 1, _MAX_BINS)
-        _check_float("hist_max", self.hist_max, 0.0, 3.4e38, lo_open=True)
-        _check_float("near_zero", self.near_zero, 0.0, 3.4e38)
-        _check_int("capacity", self.capacity, 2, _MAX_CAPACITY)
+            put("bins", _check_int("bins", 40 if self.bins is None else self.bins, 1, _MAX_BINS))
+        put("hist_max", _check_float("hist_max", self.hist_max, 0.0, _F32_MAX, lo_open=True))
+        put("near_zero", _check_float("near_zero", self.near_zero, 0.0, _F32_MAX))
+        put("capacity", _check_int("capacity", self.capacity, 2, _MAX_CAPACITY))
         if self.capacity % 2:
             raise ValueError(f"capacity must be even, got {self.capacity}")
+        if self.capacity * self.width > _MAX_FLOATS:
+            raise ValueError(
+                f"capacity * (bins + {HIST}) must be at most {_MAX_FLOATS} (64 MiB per layer), "
+                f"got {self.capacity} * {self.width}: lower capacity or bins"
+            )
         if self.sample_size is not None:
-            _check_int("sample_size", self.sample_size, 16, _MAX_SAMPLE)
+            put("sample_size", _check_int("sample_size", self.sample_size, 16, _MAX_SAMPLE))
         for name in ("exact_moments", "grads"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -202,6 +220,8 @@ class StatsConfig:
 
 def merge_groups(cols: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Merge consecutive runs of columns exactly; run i starts at row `starts[i]`."""
+    if len(starts) == len(cols):  # every run a single column: nothing to merge
+        return np.array(cols, dtype=float)
     out = np.empty((len(starts), cols.shape[1]))
     add = np.add.reduceat
     out[:, _ADDITIVE] = add(cols[:, _ADDITIVE], starts, axis=0)
@@ -514,22 +534,18 @@ class RunStats(Mapping[str, LayerStats]):
     def load(cls, path: str | Path) -> RunStats:
         """Read an `.npz` written by `save`, or a run directory (finished or still written).
 
-        Raises `StatsFileError` (naming the file and the problem) for anything unreadable.
+        Everything is validated here: a file that is truncated, corrupted, not ours, or
+        whose header and arrays disagree raises `StatsFileError`, naming the file and the
+        problem (a missing file raises `FileNotFoundError`).
         """
         path = Path(path)
         if path.is_dir():
             from .runfile import read_run  # only when a run directory is asked for
 
             return read_run(path)
-        try:
-            return _load_npz(cls, path)
-        except StatsFileError:
-            raise
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
-                zlib.error) as e:  # fmt: skip
-            raise StatsFileError(f"{path}: not a readable actwidget stats file ({e})") from e
+        from ._statsfile import read_npz
+
+        return read_npz(cls, path)
 
     @classmethod
     def from_parts(
@@ -540,60 +556,58 @@ class RunStats(Mapping[str, LayerStats]):
         alerts: list[Alert] | None = None,
         source: str = "stats",
     ) -> RunStats:
-        """Build validated stats from raw columns (used by the file readers)."""
+        """Build validated stats from raw columns (used by the file readers); raises
+        `StatsFileError`, naming `source`, the layer and the problem."""
         out = cls(config)
         for name, cols in layers.items():
-            cols = np.asarray(cols)
-            if cols.ndim != 2 or cols.shape[1] != config.width or cols.dtype.kind != "f":
-                raise StatsFileError(
-                    f"{source}: layer {name!r} has columns of shape {cols.shape} "
-                    f"({cols.dtype}); expected (n, {config.width}) floats for this config"
-                )
-            if len(cols) > config.capacity:
-                raise StatsFileError(
-                    f"{source}: layer {name!r} has {len(cols)} columns, more than the "
-                    f"capacity {config.capacity}"
-                )
-            if len(cols) and not (cols[:, Field.BATCHES] >= 1).all():
-                raise StatsFileError(f"{source}: layer {name!r} has columns without batches")
-            out._layers[str(name)] = LayerStats(str(name), config, cols.astype(float))
+            name = str(name)
+            out._layers[name] = LayerStats(name, config, _check_columns(cols, config, name, source))
         out._meta = _Meta(list(fits or []), list(alerts or []))
         return out
 
 
-def _load_npz(cls: type[RunStats], path: Path) -> RunStats:
-    not_ours = StatsFileError(f"{path}: not an actwidget stats file")
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, Mapping):  # a single .npy array
-        raise not_ours
-    with data:
-        try:
-            meta = json.loads(str(data["meta"]))
-        except (KeyError, ValueError) as e:
-            raise not_ours from e
-        if not isinstance(meta, dict) or meta.get("format") not in (_FORMAT, "actwidget-stats/1"):
-            raise not_ours
-        try:
-            config = StatsConfig.from_dict(meta["config"])
-            names = [str(n) for n in meta["layers"]]
-            fits = [FitMark(*map(int, f)) for f in meta.get("fits", [])]
-            alerts = [Alert(**a) for a in meta.get("alerts", [])]
-        except (KeyError, TypeError, ValueError) as e:
-            raise StatsFileError(f"{path}: bad header ({e})") from e
-        arrays = {}
-        for i, name in enumerate(names):
-            if f"layer{i}" not in data:
-                raise StatsFileError(f"{path}: layer {name!r} (layer{i}) is missing")
-            cols = data[f"layer{i}"]
-            if meta["format"] == "actwidget-stats/1" and cols.ndim == 2:
-                cols = _upgrade_v1(cols)
-            arrays[name] = cols
-    return cls.from_parts(config, arrays, fits, alerts, source=str(path))
+# Fields that count something (finite, >= 0), and those that must be whole numbers.
+_COUNTS = [f for f in Field if f not in (Field.MEAN, Field.M2, Field.G_MEAN, Field.G_M2)]
+_WHOLE = [Field.BATCHES, Field.STEP_FIRST, Field.STEP_LAST]
 
 
-def _upgrade_v1(cols: np.ndarray) -> np.ndarray:
-    """Columns of format 1 (10 fields, then the histogram) in today's layout."""
-    out = np.zeros((len(cols), cols.shape[1] + HIST - 10))
-    out[:, :10] = cols[:, :10]
-    out[:, HIST:] = cols[:, 10:]
-    return out
+def _check_columns(cols: Any, config: StatsConfig, name: str, source: str) -> np.ndarray:
+    """`cols` as (n, config.width) float64 columns, if they can be a layer's recorded
+    columns: right shape, at most `capacity`, counts finite and >= 0, at least one batch
+    each, batch indices whole and increasing; else `StatsFileError` saying what is wrong."""
+    where = f"{source}: layer {name!r}"
+    cols = np.asarray(cols)
+    if cols.ndim != 2 or cols.shape[1] != config.width or cols.dtype.kind != "f":
+        raise StatsFileError(
+            f"{where} has columns of shape {cols.shape} ({cols.dtype}); expected "
+            f"(n, {config.width}) floats for this config ({config.bins} bins)"
+        )
+    if len(cols) > config.capacity:
+        raise StatsFileError(
+            f"{where} has {len(cols)} columns, more than the capacity {config.capacity}"
+        )
+    cols = cols.astype(np.float64)
+    if not len(cols):
+        return cols
+
+    def first_bad(bad: np.ndarray, fields: list[str], what: str) -> None:
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise StatsFileError(f"{where}: column {i}, {fields[j]}: {what}")
+
+    names = [f.name for f in _COUNTS] + [f"hist bin {b}" for b in range(config.bins)]
+    counts = np.concatenate([cols[:, _COUNTS], cols[:, HIST:]], 1)
+    with np.errstate(invalid="ignore"):
+        # Scaled estimates may miss 0 by a rounding error of the column's size.
+        floor = -1e-9 * np.maximum(np.nan_to_num(cols[:, [Field.NUMEL]]), 1)
+        first_bad(~(np.isfinite(counts) & (counts >= floor)), names, "not a finite count >= 0")
+        whole = cols[:, _WHOLE]
+        wnames = [f.name for f in _WHOLE]
+        first_bad((whole != np.floor(whole)) | (whole > 2.0**53), wnames, "not a whole number")
+        first_bad(cols[:, [Field.BATCHES]] < 1, ["BATCHES"], "a column without batches")
+        first, last = cols[:, Field.STEP_FIRST], cols[:, Field.STEP_LAST]
+        order = np.r_[False, first[1:] <= last[:-1]] | (first > last)
+        first_bad(order[:, None], ["STEP_FIRST"], "batch indices overlap or go backwards")
+        m2 = cols[:, [Field.M2, Field.G_M2]]
+        first_bad(m2 < 0, ["M2", "G_M2"], "a negative sum of squares")
+    return cols

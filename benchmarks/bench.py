@@ -1,113 +1,58 @@
 """Benchmark: what recording activation stats every batch costs, and what the widget costs.
 
-Prints one markdown table per figure, with the machine, torch version and settings:
-  1. step time with stats recording / without hooks (reference CNN and a heavier net), for
-     the default sampled estimator, exact mode and the reference approach (copy to the CPU,
-     then mean, std, abs().histc(40, 0, 10)); plus the estimator's error against exact;
-  2. widget: Python-side time and bytes per redraw at batch 100, 10,000 and 100,000;
-  3. memory of the stats store after 10^5 and 10^6 batches of 10 layers;
-  4. step time with the live widget attached (default refresh) / without;
-  5. on CUDA: host synchronisations per hooked step, and target 1's ratio there.
-Ratios are measured side by side in one process (configurations interleaved per round,
-medians over rounds), never compared with absolute thresholds.
+Prints one markdown table per section, with the machine, torch version and settings:
+  1. step time with each hook setup / without hooks: the reference CNN and a heavier net;
+     the floor (a hook doing only `o.sum()`), actwidget's default and its variants, the
+     course's approach and fastai's `ActivationStats(with_hist=True)`; a compiled model;
+  2. microseconds per hooked call (forward only, one thread), by hooked-layer count, and
+     per hooked layer in a full training step, with and without gradient stats;
+  3. the sampled histogram and near-zero fraction against exact, on the heavy net;
+  4. memory of the stats store after 10^5 and 10^6 batches of 10 layers;
+  5. alert rules: microseconds per layer and batch;
+  6. widget: Python-side time and bytes per redraw; step time with the live widget;
+  7. on CUDA: host synchronisations per hooked step.
+Ratios are measured side by side in one process (setups interleaved per round, medians
+over rounds), never compared with absolute thresholds. Per-call costs use the thread's CPU
+time, which other processes on the machine disturb far less than wall time.
 
     python benchmarks/bench.py            # everything this machine can run
     python benchmarks/bench.py --quick    # fewer steps, for a smoke run
-    python benchmarks/bench.py --core     # only 1, 3 and 5: no notebook packages needed
+    python benchmarks/bench.py --core     # no notebook packages needed (no widget rows)
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import statistics
 import sys
 import time
-import types
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _core_only_import() -> None:
-    """Import actwidget's core modules without the notebook stack (e.g. on a bare GPU box)."""
-    pkg = types.ModuleType("actwidget")
-    pkg.__path__ = [str(ROOT / "actwidget")]
-    sys.modules["actwidget"] = pkg
-
-
-def heavy_net() -> nn.Module:
-    """Five 3x3 conv layers with 32-64 channels at full 28x28 resolution, then a linear head."""
-    chans = [1, 32, 64, 64, 64, 64]
-    layers: list[nn.Module] = []
-    for cin, cout in itertools.pairwise(chans):
-        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+from _setups import (
+    SETUPS,
+    conv_outputs,
+    deep_mlp,
+    have_fastai,
+    heavy_net,
+    make_batches,
+)
 
 
-def conv_outputs(model: nn.Module) -> list[nn.Module]:
-    """The modules whose outputs are recorded: each conv (+ReLU) layer's output."""
-    mods = list(model.layers) if hasattr(model, "layers") else list(model)
-    return [m for i, m in enumerate(mods) if isinstance(m, nn.ReLU) or hasattr(m, "nonlinearity")
-            or (isinstance(m, nn.Conv2d) and i == len(mods) - 1)]  # fmt: skip
-
-
-class ReferenceHooks:
-    """The reference approach: copy each activation to the CPU, then mean, std and histc."""
-
-    def __init__(self, mods: list[nn.Module]) -> None:
-        self.stats: list[tuple] = []
-        self.handles = [m.register_forward_hook(self.hook) for m in mods]
-
-    def hook(self, m, inp, out) -> None:
-        acts = out.detach().cpu()
-        self.stats.append((acts.mean(), acts.std(), acts.abs().histc(40, 0, 10)))
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def make_batches(n: int, bs: int, device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    return [
-        (torch.randn(bs, 1, 28, 28, generator=g).to(device),
-         torch.randint(0, 10, (bs,), generator=g).to(device))
-        for _ in range(n)
-    ]  # fmt: skip
-
-
-def time_steps(model, batches, setup, device) -> float:
-    """Seconds per training step (forward, loss, backward, SGD step) with `setup` hooks on."""
-    from actwidget.hooks import StatsHooks
-    from actwidget.stats import StatsConfig
-
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    mods = conv_outputs(model)
-    hooks: object = None
-    if setup == "sampled":
-        hooks = StatsHooks(mods, model=model)
-    elif setup == "sampled + exact moments":
-        hooks = StatsHooks(mods, model=model, config=StatsConfig(exact_moments=True))
-    elif setup == "exact":
-        hooks = StatsHooks(mods, model=model, config=StatsConfig(sample_size=None))
-    elif setup == "reference":
-        hooks = ReferenceHooks(mods)
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
+def train_steps(model, batches, setup: str, mods, opt, warmup: int = 2) -> float:
+    """Seconds per training step (forward, loss, backward, SGD step) with `setup` on."""
+    handle = SETUPS[setup](model, mods)
+    sync = torch.cuda.synchronize if batches[0][0].is_cuda else (lambda: None)
     try:
-        for xb, yb in batches[:2]:  # warm-up
+        for xb, yb in batches[:warmup]:
             F.cross_entropy(model(xb), yb).backward()
             opt.step()
             opt.zero_grad()
@@ -117,40 +62,141 @@ def time_steps(model, batches, setup, device) -> float:
             F.cross_entropy(model(xb), yb).backward()
             opt.step()
             opt.zero_grad()
-            if isinstance(hooks, StatsHooks) and hooks[0].calls % 64 == 0:
-                hooks.flush()  # what the callback does every 64 batches
+            if handle is not None:
+                handle.step()
         sync()
         return (time.perf_counter() - t0) / len(batches)
     finally:
-        if hooks is not None:
-            hooks.remove()
+        if handle is not None:
+            handle.close()
 
 
-def overhead_table(device: str, rounds: int, steps: dict[str, int]) -> list[list]:
-    """Target 1: step-time ratios, interleaved per round, medians over rounds."""
+def ratios(times: dict[str, list[float]], base: str = "none") -> dict[str, float]:
+    return {
+        s: statistics.median([a / b for a, b in zip(t, times[base], strict=True)])
+        for s, t in times.items()
+    }
+
+
+def step_table(device: str, rounds: int, steps: dict[str, int], compiled: bool) -> list[list]:
+    """1: step-time ratios per setup, interleaved per round, medians over rounds."""
     from actwidget.models import CNN
 
+    setups = [s for s in SETUPS if "fastai" not in s or have_fastai()]
     rows = []
     for net, make in [("reference CNN", CNN), ("heavy CNN", heavy_net)]:
         torch.manual_seed(0)
         model = make().to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
         batches = make_batches(steps[net], 256, device)
-        setups = ["none", "sampled", "sampled + exact moments", "exact", "reference"]
+        mods = conv_outputs(model)
         times: dict[str, list[float]] = {s: [] for s in setups}
         for _ in range(rounds):
             for s in setups:
-                times[s].append(time_steps(model, batches, s, device))
-        base = times["none"]
-        for s in setups:
-            ratios = [t / b for t, b in zip(times[s], base, strict=True)]
-            rows.append([net, s, f"{statistics.median(times[s]) * 1e3:.2f}",
-                         f"{statistics.median(ratios):.3f}"])  # fmt: skip
+                times[s].append(train_steps(model, batches, s, mods, opt))
+        r = ratios(times)
+        rows += [[net, s, f"{statistics.median(times[s]) * 1e3:.2f}", f"{r[s]:.3f}"]
+                 for s in setups]  # fmt: skip
+    if compiled:
+        rows += compiled_rows(device, max(rounds // 3, 2), steps["reference CNN"])
     return rows
 
 
-def estimator_error(device: str) -> list[list]:
-    """Sampled (default) vs exact stats on the same activations of the heavy net."""
-    from actwidget.hooks import StatsHooks
+def compiled_rows(device: str, rounds: int, n: int) -> list[list]:
+    """torch.compile'd reference CNN: the hooks run eagerly between compiled graphs."""
+    from actwidget.models import CNN
+
+    torch.manual_seed(0)
+    model = CNN().to(device)
+    run = torch.compile(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = make_batches(n, 256, device)
+    mods = conv_outputs(model)
+    setups = ["none", "actwidget default"]
+    times: dict[str, list[float]] = {s: [] for s in setups}
+    for s in setups:  # compile (and recompile with the hooks' graph breaks) before timing
+        train_steps(run, batches[:3], s, mods, opt, warmup=3)
+    for _ in range(rounds):
+        for s in setups:
+            times[s].append(train_steps(run, batches, s, mods, opt))
+    r = ratios(times)
+    return [["reference CNN, compiled", s, f"{statistics.median(times[s]) * 1e3:.2f}",
+             f"{r[s]:.3f}"] for s in setups]  # fmt: skip
+
+
+def _forward_cpu_time(model, x, passes: int, handle) -> float:
+    """Thread CPU seconds per forward pass (no grad)."""
+    with torch.no_grad():
+        t0 = time.thread_time()
+        for _ in range(passes):
+            model(x)
+            if handle is not None:
+                handle.step()
+        return (time.thread_time() - t0) / passes
+
+
+def per_call_table(rounds: int, passes: int) -> list[list]:
+    """2: microseconds per hooked call of a deep MLP, forward only, one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = deep_mlp(100)
+        x = torch.randn(64, 64)
+        relus = [m for m in model if isinstance(m, torch.nn.ReLU)]
+        setups = ["none", "no-op hook", "o.sum() hook (floor)", "actwidget default",
+                  "sampled moments", "all exact"]  # fmt: skip
+        rows = []
+        for k in (3, 24, 100):
+            mods = relus[:: max(len(relus) // k, 1)][:k]
+            times: dict[str, list[float]] = {s: [] for s in setups}
+            for _ in range(rounds):
+                for s in setups:
+                    handle = SETUPS[s](model, mods)
+                    _forward_cpu_time(model, x, 2, handle)  # warm-up: plans, caches
+                    times[s].append(_forward_cpu_time(model, x, passes, handle))
+                    if handle is not None:
+                        handle.close()
+            base = statistics.median(times["none"])
+            for s in setups[1:]:
+                us = (statistics.median(times[s]) - base) / k * 1e6
+                rows.append([k, s, f"{us:.1f}"])
+        rows += per_layer_training(rounds, passes, relus)
+        return rows
+    finally:
+        torch.set_num_threads(threads)
+
+
+def per_layer_training(rounds: int, steps: int, relus) -> list[list]:
+    """Microseconds per hooked layer in a full training step (forward + backward + SGD)."""
+    model = deep_mlp(100)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    batches = make_batches(steps, 64, "cpu", shape=(64,))
+    mods = [m for m in model if isinstance(m, torch.nn.ReLU)]
+    setups = ["none", "o.sum() hook (floor)", "actwidget default", "default, no gradients"]
+    times: dict[str, list[float]] = {s: [] for s in setups}
+    for _ in range(rounds):
+        for s in setups:
+            handle = SETUPS[s](model, mods)
+            t0 = time.thread_time()
+            for xb, _ in batches:
+                model(xb).pow(2).mean().backward()
+                opt.step()
+                opt.zero_grad()
+                if handle is not None:
+                    handle.step()
+            times[s].append((time.thread_time() - t0) / steps)
+            if handle is not None:
+                handle.close()
+    base = statistics.median(times["none"])
+    return [[f"{len(mods)}, training step", s,
+             f"{(statistics.median(times[s]) - base) / len(mods) * 1e6:.1f}"]
+            for s in setups[1:]]  # fmt: skip
+
+
+def estimator_table(device: str) -> list[list]:
+    """3: the default (sampled histogram and near-zero, exact moments) vs all exact."""
+    from actwidget.recorder import StatsHooks
     from actwidget.stats import StatsConfig
 
     torch.manual_seed(0)
@@ -161,6 +207,8 @@ def estimator_error(device: str) -> list[list]:
     with torch.no_grad():
         for xb, _ in make_batches(4, 256, device):
             model(xb)
+            sampled.step()
+            exact.step()
     sampled.remove()
     exact.remove()
     rows = []
@@ -168,8 +216,8 @@ def estimator_error(device: str) -> list[list]:
         s, e = sampled.stats[name], exact.stats[name]
         ps, pe = s.hist / s.hist.sum(1, keepdims=True), e.hist / e.hist.sum(1, keepdims=True)
         rows.append([name, f"{int(e.numel[0]):,}",
-                     f"{np.abs(s.mean - e.mean).max() / e.std.max():.4f}",
-                     f"{np.abs(s.std / e.std - 1).max():.4f}",
+                     f"{np.abs(s.mean - e.mean).max() / e.std.max():.1e}",
+                     f"{np.abs(s.std / e.std - 1).max():.1e}",
                      f"{np.abs(s.near_zero - e.near_zero).max():.4f}",
                      f"{0.5 * np.abs(ps - pe).sum(1).max():.4f}"])  # fmt: skip
     return rows
@@ -177,18 +225,7 @@ def estimator_error(device: str) -> list[list]:
 
 def synthetic_stats(n_batches: int, n_layers: int, chunk: int = 20_000):
     """A RunStats fed `n_batches` one-batch columns per layer (numpy only, fast)."""
-    from actwidget.stats import (
-        BATCHES,
-        COUNT,
-        HIST,
-        M2,
-        MEAN,
-        NUMEL,
-        STEP_FIRST,
-        STEP_LAST,
-        STEP_SUM,
-        RunStats,
-    )
+    from actwidget.stats import HIST, Field, RunStats
 
     stats = RunStats()
     rng = np.random.default_rng(0)
@@ -196,11 +233,12 @@ def synthetic_stats(n_batches: int, n_layers: int, chunk: int = 20_000):
         k = min(chunk, n_batches - start)
         cols = np.zeros((k, stats.config.width))
         steps = np.arange(start, start + k)
-        cols[:, BATCHES] = 1
-        cols[:, STEP_SUM] = cols[:, STEP_FIRST] = cols[:, STEP_LAST] = steps
-        cols[:, NUMEL] = cols[:, COUNT] = 1000
-        cols[:, MEAN] = rng.normal(size=k)
-        cols[:, M2] = 999
+        cols[:, Field.BATCHES] = 1
+        cols[:, Field.STEP_SUM] = cols[:, Field.STEP_FIRST] = cols[:, Field.STEP_LAST] = steps
+        cols[:, Field.NUMEL] = cols[:, Field.COUNT] = 1000
+        cols[:, Field.MEAN] = rng.normal(size=k)
+        cols[:, Field.M2] = 999
+        cols[:, Field.UNITS] = 10
         cols[:, HIST:] = rng.poisson(25, (k, stats.config.bins))
         for i in range(n_layers):
             stats.append(f"layer{i}", cols)
@@ -208,13 +246,33 @@ def synthetic_stats(n_batches: int, n_layers: int, chunk: int = 20_000):
 
 
 def memory_table() -> list[list]:
-    """Target 3: bytes held by the store after 10^5 and 10^6 batches of 10 layers."""
+    """4: bytes held by the store after 10^5 and 10^6 batches of 10 layers."""
     rows = []
     for n in (10**5, 10**6):
         stats = synthetic_stats(n, 10, chunk=50_000)
         nbytes = sum(s.columns.nbytes for s in stats.values())
         cols = len(next(iter(stats.values())))
         rows.append([f"{n:,}", "10", cols, f"{nbytes / 2**20:.2f}"])
+    return rows
+
+
+def alerts_table() -> list[list]:
+    """5: cost of the alert rules per flush, per layer and batch."""
+    from actwidget.diagnose import AlertConfig, Diagnoser
+
+    rows = []
+    for layers, batches in ((5, 64), (100, 64)):
+        stats = synthetic_stats(batches * 20, layers)
+        cols = {n: s.columns for n, s in stats.items()}
+        d = Diagnoser(AlertConfig(), list(cols))
+        times = []
+        for i in range(20):
+            new = {n: c[i * batches : (i + 1) * batches] for n, c in cols.items()}
+            t0 = time.thread_time()
+            d.update(new, lambda b: 0, 1)
+            times.append(time.thread_time() - t0)
+        us = statistics.median(times) / (layers * batches) * 1e6
+        rows.append([layers, batches, f"{us:.2f}"])
     return rows
 
 
@@ -237,37 +295,6 @@ class RecordingComm:
     def close(self, *a, **k) -> None: ...
 
 
-def widget_table() -> list[list]:
-    """Target 2: Python-side time and bytes per redraw, flat in run length."""
-    from actwidget.widget import ActivationWidget
-
-    rows = []
-    for size in (100, 10_000, 100_000):
-        stats, n = synthetic_stats(size, 5), size
-        w = ActivationWidget(stats)
-        comms = []
-        for child in _all_widgets(w):
-            child.comm = RecordingComm()
-            comms.append(child.comm)
-        one = synthetic_stats(1, 1)["layer0"].columns.copy()
-        for heat in (False, True):
-            times = []
-            for _ in range(5):
-                n += 1  # a new batch arrives between redraws, as in a live run
-                one[0, [1, 2, 3]] = n
-                for name in list(stats):
-                    stats.append(name, one)
-                before = sum(c.bytes for c in comms)
-                t0 = time.perf_counter()
-                w._redraw(heatmaps=heat, force=True)
-                times.append(time.perf_counter() - t0)
-                sent = sum(c.bytes for c in comms) - before
-            what = "lines + heatmaps" if heat else "lines"
-            ms = statistics.median(times) * 1e3
-            rows.append([f"{size:,}", what, f"{ms:.1f}", f"{sent / 1024:.0f}"])
-    return rows
-
-
 def _all_widgets(root):
     import ipywidgets
 
@@ -285,8 +312,40 @@ def _all_widgets(root):
     return seen
 
 
+def widget_table() -> list[list]:
+    """6a: Python-side time and bytes per redraw, by layers and run length."""
+    from actwidget.stats import Field
+    from actwidget.widget import ActivationWidget
+
+    rows = []
+    for layers in (5, 100):
+        for size in (100, 10_000, 100_000):
+            stats = synthetic_stats(size, layers)
+            w = ActivationWidget(stats)
+            comms = []
+            for child in _all_widgets(w):
+                child.comm = RecordingComm()
+                comms.append(child.comm)
+            one = synthetic_stats(1, 1)["layer0"].columns.copy()
+            times, sent, n = [], 0, size
+            for _ in range(5):
+                n += 1  # a new batch arrives between redraws, as in a live run
+                one[0, [Field.STEP_SUM, Field.STEP_FIRST, Field.STEP_LAST]] = n
+                for name in list(stats):
+                    stats.append(name, one)
+                before = sum(c.bytes for c in comms)
+                t0 = time.perf_counter()
+                w.redraw()
+                times.append(time.perf_counter() - t0)
+                sent = sum(c.bytes for c in comms) - before
+            w.close()
+            rows.append([layers, f"{size:,}", f"{statistics.median(times) * 1e3:.1f}",
+                         f"{sent / 1024:.0f}"])  # fmt: skip
+    return rows
+
+
 def widget_overhead(rounds: int, n_steps: int) -> list[list]:
-    """Target 4: step time with the widget redrawing at its default rate / without it."""
+    """6b: step time with the widget redrawing at its default rate / without it."""
     from actwidget.callbacks.hooks import StoreModuleStatsCB
     from actwidget.data import DataLoaders
     from actwidget.learner import TrainLearner
@@ -296,6 +355,7 @@ def widget_overhead(rounds: int, n_steps: int) -> list[list]:
     batches = make_batches(n_steps, 256, "cpu")
     dls = DataLoaders(batches, batches[:1])
     times: dict[str, list[float]] = {"callback": [], "callback + widget": []}
+    redraws = 0
     for _ in range(rounds):
         for setup in times:
             torch.manual_seed(0)
@@ -309,16 +369,16 @@ def widget_overhead(rounds: int, n_steps: int) -> list[list]:
             t0 = time.perf_counter()
             learn.fit(1, valid=False)
             times[setup].append((time.perf_counter() - t0) / n_steps)
-            redraws = w.redraws if w is not None else 0
-    base = times["callback"]
-    return [[s, f"{statistics.median(t) * 1e3:.2f}",
-             f"{statistics.median([a / b for a, b in zip(t, base, strict=True)]):.3f}",
+            if w is not None:
+                redraws = w.redraws
+                w.close()
+    r = ratios(times, "callback")
+    return [[s, f"{statistics.median(t) * 1e3:.2f}", f"{r[s]:.3f}",
              redraws if "widget" in s else ""] for s, t in times.items()]  # fmt: skip
 
 
 def cuda_sync_table(steps: int) -> list[list]:
-    """Target 5: host synchronisations per hooked step on CUDA (none expected)."""
-    from actwidget.hooks import StatsHooks
+    """7: host synchronisations per hooked step on CUDA (none expected)."""
     from actwidget.models import CNN
 
     rows = []
@@ -327,10 +387,12 @@ def cuda_sync_table(steps: int) -> list[list]:
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         batches = make_batches(steps, 256, "cuda")
         counts = {}
-        for setup in ("none", "sampled"):
-            hooks = StatsHooks(conv_outputs(model), model=model) if setup == "sampled" else None
-            for xb, yb in batches[:2]:  # warm-up: index tensors are made once per shape
+        for setup in ("none", "actwidget default"):
+            handle = SETUPS[setup](model, conv_outputs(model))
+            for xb, yb in batches[:2]:  # warm-up: sample positions are made once per shape
                 F.cross_entropy(model(xb), yb).backward()
+                opt.step()
+                opt.zero_grad()
             torch.cuda.set_sync_debug_mode("warn")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -340,15 +402,16 @@ def cuda_sync_table(steps: int) -> list[list]:
                     opt.zero_grad()
             torch.cuda.set_sync_debug_mode("default")
             counts[setup] = sum("synchroniz" in str(w.message) for w in caught)
-            if hooks is not None:
-                hooks.remove()  # flushes: one transfer for everything recorded
-        extra = counts["sampled"] - counts["none"]
-        rows.append([net, steps, counts["none"], counts["sampled"], f"{extra / steps:.2f}"])
+            if handle is not None:
+                handle.close()  # flushes: one transfer for everything recorded
+        extra = counts["actwidget default"] - counts["none"]
+        rows.append([net, steps, counts["none"], counts["actwidget default"],
+                     f"{extra / steps:.2f}"])  # fmt: skip
     return rows
 
 
 def table(title: str, header: list[str], rows: list[list]) -> str:
-    lines = [f"\n### {title}\n", "| " + " | ".join(header) + " |",
+    lines = [f"\n#### {title}\n", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]  # fmt: skip
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -358,45 +421,54 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps and rounds")
     ap.add_argument("--core", action="store_true", help="skip the widget (no notebook stack)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--only", help="run only the sections whose title contains this")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = ap.parse_args(argv)
-    if args.core:
-        _core_only_import()
     rounds = 3 if args.quick else 9
-    steps = {"reference CNN": 20 if args.quick else 200, "heavy CNN": 3 if args.quick else 5}
+    steps = {"reference CNN": 20 if args.quick else 100, "heavy CNN": 2 if args.quick else 4}
+    passes = 5 if args.quick else 20
     if args.device == "cuda":
         steps = {"reference CNN": 100, "heavy CNN": 50}
     out = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-           f"{platform.python_version()}, torch {torch.__version__}, device {args.device}"
-           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else "")
+           f"Python {platform.python_version()}, torch {torch.__version__}, device "
+           f"{args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda"
+                               else "")
            + f"; batch 256 of 1x28x28; {rounds} rounds; steps per round {steps}"]  # fmt: skip
     print(out[0], flush=True)
     sections = [
-        ("1. Step time, recording every batch of every conv layer / no hooks",
-         ["net", "hooks", "ms/step", "ratio"], lambda: overhead_table(args.device, rounds, steps)),
-        ("1b. Default estimator (~2048 sampled values/layer) vs exact, heavy net, 4 batches",
+        ("1. Step time with each hook setup / no hooks (every batch, every conv layer)",
+         ["net", "hooks", "ms/step", "ratio"],
+         lambda: step_table(args.device, rounds, steps, not args.no_compile)),
+        ("2. Microseconds per hooked call: 100-block MLP (Linear 64 + ReLU), bs 64, 1 thread",
+         ["hooked layers", "hooks", "us per hooked call"],
+         lambda: per_call_table(rounds, passes)),
+        ("3. Sampled histogram and near-zero fraction vs exact, heavy net, 4 batches",
          ["layer", "values/batch", "mean err / std", "std rel err", "near-zero abs err",
-          "hist TV distance"],
-         lambda: estimator_error(args.device)),
-        ("3. Stats store memory (capacity 1024 columns/layer)",
+          "hist TV distance"], lambda: estimator_table(args.device)),
+        ("4. Stats store memory (capacity 1024 columns/layer)",
          ["batches", "layers", "columns/layer", "MB"], memory_table),
+        ("5. Alert rules, per flush", ["layers", "batches per flush", "us per layer-batch"],
+         alerts_table),
     ]  # fmt: skip
     if not args.core:
         sections += [
-            ("2. Widget redraw, Python side (5 layers, 40 bins)",
-             ["batches", "redraw", "ms", "KiB sent"], widget_table),
-            ("4. Step time with the live widget (default refresh) / without, reference CNN",
+            ("6a. Widget redraw, Python side", ["layers", "batches", "ms", "KiB sent"],
+             widget_table),
+            ("6b. Step time with the live widget (default refresh) / without, reference CNN",
              ["setup", "ms/step", "ratio", "redraws"],
              lambda: widget_overhead(rounds, 120 if args.quick else 400)),
         ]  # fmt: skip
     if args.device == "cuda":
         sections.append(
-            ("5. CUDA host synchronisations during hooked steps (sync debug mode)",
+            ("7. CUDA host synchronisations during hooked steps (sync debug mode)",
              ["net", "steps", "syncs, no hooks", "syncs, hooks", "extra per step"],
              lambda: cuda_sync_table(20))
         )  # fmt: skip
     for title, header, run in sections:
+        if args.only and args.only not in title:
+            continue
         text = table(title, header, run())
         print(text, flush=True)
         out.append(text)

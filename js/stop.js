@@ -7,7 +7,7 @@
  *   run_id          int   id of the current fit; changes for every new fit
  *   running         bool  true while that fit runs
  *   kernel_id       str   Jupyter server kernel id ("" when unknown)
- *   ack_timeout_ms  int   how long to wait for the ack before interrupting (800)
+ *   ack_timeout_ms  int   how long to wait for the ack before interrupting (400)
  *   interrupt_on_busy bool false: never interrupt (fit runs in a worker thread, so
  *                         a SIGINT would hit another cell); just wait for the ack
  *
@@ -25,11 +25,32 @@
  *   at the next batch boundary. At most one interrupt is sent per run.
  * Without server config or kernel id (VS Code, Voila, ...) or when the POST
  * fails, the view shows HINT instead.
+ *
+ * Python side: actwidget/widget/_stop.py `StopButton`.
+ * @typedef {Object} StopState  synced traits (Python -> JS)
+ * @property {number} run_id
+ * @property {boolean} running
+ * @property {string} kernel_id
+ * @property {number} ack_timeout_ms
+ * @property {boolean} interrupt_on_busy
+ * @typedef {{type: "stop", run: number}} StopRequest  JS -> Python
+ * @typedef {{type: "stop_ack", run: number, accepted: boolean}} StopAck  Python -> JS
  */
 
 export const HINT =
   "Kernel busy: interrupt the kernel (■ / Kernel → Interrupt) to stop at the next batch.";
 export const QUEUED = "Kernel busy: the stop is handled when the running cell ends.";
+export const TIP_RUNNING = "Stop training at the next batch";
+export const TIP_PENDING = "A stop was requested: training ends at the next batch";
+export const TIP_IDLE = "Nothing to stop: no fit is running";
+/** Styles: an enabled Stop is red; a disabled one is plainly grey and flat. */
+export const STYLE = `
+.actwidget-stop { min-width: 6.5em; font-weight: 600; }
+.actwidget-stop:enabled { background: #d62728; color: #fff; border: 1px solid #a51d1e; }
+.actwidget-stop:enabled:hover { background: #b71f20; }
+.actwidget-stop:disabled { background: #f0f0f0; color: #9a9a9a; border: 1px dashed #c8c8c8;
+  box-shadow: none; cursor: not-allowed; opacity: 1; }
+`;
 
 /** Parse the page's `jupyter-config-data` JSON, or return null. */
 export function readPageConfig(document) {
@@ -93,7 +114,13 @@ export function createStopController({
     status.textContent = text;
   };
   const update = () => {
-    button.disabled = !model.get("running") || pending !== null;
+    const running = Boolean(model.get("running"));
+    button.disabled = !running || pending !== null;
+    button.title = !running
+      ? TIP_IDLE
+      : pending !== null
+        ? TIP_PENDING
+        : TIP_RUNNING;
   };
   const cancelTimer = () => {
     if (timer !== null) clearTimeout(timer);
@@ -114,7 +141,7 @@ export function createStopController({
     show("stopping…");
     update();
     const ms = Number(model.get("ack_timeout_ms"));
-    timer = setTimeout(() => onTimeout(run), Number.isFinite(ms) && ms >= 0 ? ms : 800);
+    timer = setTimeout(() => onTimeout(run), Number.isFinite(ms) && ms >= 0 ? ms : 400);
   }
 
   function onTimeout(run) {
@@ -194,11 +221,13 @@ function render({ model, el }) {
   const button = document.createElement("button");
   button.className = "jupyter-button widget-button actwidget-stop";
   button.textContent = "■ Stop";
-  button.title = "Stop training at the next batch";
+  button.title = TIP_IDLE;
+  const style = document.createElement("style");
+  style.textContent = STYLE;
   const status = document.createElement("span");
   status.className = "actwidget-stop-status";
   status.style.marginLeft = "0.5em";
-  el.replaceChildren(button, status);
+  el.replaceChildren(style, button, status);
 
   const controller = createStopController({
     model,

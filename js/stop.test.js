@@ -5,6 +5,9 @@ import { test } from "node:test";
 import widget, {
   HINT,
   QUEUED,
+  TIP_IDLE,
+  TIP_PENDING,
+  TIP_RUNNING,
   createStopController,
   interruptInit,
   interruptUrl,
@@ -357,7 +360,9 @@ test("render builds a button and status, and its cleanup empties el", () => {
   try {
     const model = fakeModel({ running: false });
     const cleanup = widget.render({ model, el });
-    const [button, status] = el.children;
+    const [style, button, status] = el.children;
+    assert.equal(style.tag, "style");
+    assert.match(style.textContent, /actwidget-stop:disabled/);
     assert.equal(button.tag, "button");
     assert.equal(status.tag, "span");
     assert.equal(button.disabled, true);
@@ -369,4 +374,15 @@ test("render builds a button and status, and its cleanup empties el", () => {
   } finally {
     globalThis.document = saved;
   }
+});
+
+test("the tooltip says what a click does: nothing, stop, or already stopping", () => {
+  const { model, button } = setup({ attrs: { running: false } });
+  assert.equal(button.title, TIP_IDLE);
+  model.set("running", true);
+  assert.equal(button.title, TIP_RUNNING);
+  button.click();
+  assert.equal(button.title, TIP_PENDING);
+  model.set("running", false);
+  assert.equal(button.title, TIP_IDLE);
 });

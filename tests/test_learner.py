@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from types import SimpleNamespace
@@ -313,3 +314,84 @@ def test_graceful_sigint_does_nothing_outside_main_thread(sentinel_sigint):
     t.start()
     t.join(5)
     assert seen == [_sentinel_handler]
+
+
+@pytest.mark.parametrize("bad", [-1, -5, 1.5, 2.0, "2", None, True])
+def test_fit_rejects_bad_epoch_counts_before_any_event(bad):
+    rec = Recorder()
+    learn = make_learner(cbs=[rec])
+    before = [p.clone() for p in learn.model.parameters()]
+    with pytest.raises((TypeError, ValueError), match=r"n_epochs must be an int >= 0, got"):
+        learn.fit(bad, cbs=[Recorder()])
+    assert rec.events == [] and learn.cbs == [rec]  # nothing ran, the fit's cbs were not added
+    assert learn.request_stop() is False  # no fit is running
+    for p, q in zip(before, learn.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_fit_accepts_numpy_ints_and_zero_epochs():
+    import numpy as np
+
+    rec = Recorder()
+    learn = make_learner(cbs=[rec])
+    learn.fit(np.int64(1))
+    assert learn.n_epochs == 1 and type(learn.n_epochs) is int
+    assert rec.count("before_batch") == 3  # 2 train + 1 valid batches
+    rec.events.clear()
+    learn.fit(0)
+    assert rec.events == ["before_fit", "after_fit", "cleanup_fit"]
+
+
+class DictDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"image": torch.randn(1, 8, 8), "label": i % 10}
+
+
+@pytest.mark.parametrize(
+    "batches, described",
+    [
+        (DataLoader(DictDataset(), batch_size=4), r"a dict with keys \['image', 'label'\]"),
+        (DataLoader(torch.randn(8, 1, 8, 8), batch_size=4), r"a single tensor of shape \(4, 1"),
+        ([(torch.randn(4, 1, 8, 8),)], r"a tuple of 1 item"),
+    ],
+)
+def test_train_learner_says_which_batch_shape_it_expects(batches, described):
+    rec = Recorder()
+    learn = make_learner(cbs=[rec])
+    learn.dls = SimpleNamespace(train=batches, valid=batches)
+    with pytest.raises(TypeError, match=r"expects each batch to be a tuple or list \(inputs, "):
+        learn.fit(1)
+    assert isinstance(learn.error, TypeError)
+    assert re.search(described, str(learn.error)), learn.error
+    assert rec.count("cleanup_fit") == 1  # the usual cleanup on the way out
+
+
+def test_train_learner_takes_extra_batch_items():
+    learn = make_learner()
+    ds = TensorDataset(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)), torch.ones(8))
+    learn.dls = SimpleNamespace(train=DataLoader(ds, batch_size=4), valid=[])
+    learn.fit(1)
+    assert learn.loss is not None and torch.isfinite(learn.loss)
+
+
+def test_a_failing_cleanup_never_skips_the_other_callbacks_cleanup():
+    """One callback's cleanup_fit raising must not leave another's hooks on the model."""
+    from conftest import no_hooks, tiny_cnn, tiny_dls
+
+    from actwidget.callbacks.hooks import StoreModuleStatsCB
+
+    class Broken(Callback):
+        order = -100  # runs first
+
+        def cleanup_fit(self, learn):
+            raise RuntimeError("cleanup bug")
+
+    model = tiny_cnn()
+    cb = StoreModuleStatsCB(mods=[model[1]])
+    learn = TrainLearner(model, tiny_dls(), F.cross_entropy, lr=0.1, cbs=[Broken(), cb])
+    with pytest.raises(RuntimeError, match="cleanup bug"):
+        learn.fit(1)
+    assert no_hooks(model) and cb.status.state.value == "finished"

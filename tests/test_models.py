@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,3 +64,52 @@ def test_conv2d_with_relu_default_and_custom_nonlinearity():
     # Trainable like any conv: gradients reach the weights through the nonlinearity.
     relu(x).sum().backward()
     assert relu.weight.grad is not None and relu.weight.grad.abs().sum() > 0
+
+
+CONV_ARGS = dict(
+    in_channels=3,
+    out_channels=4,
+    kernel_size=(3, 2),
+    stride=(2, 1),
+    padding=(1, 2),
+    dilation=(1, 2),
+    groups=1,
+    bias=False,
+    padding_mode="replicate",
+    device="cpu",
+    dtype=torch.float64,
+)
+
+
+def test_conv2d_with_relu_takes_every_conv2d_argument_by_keyword_or_position():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    plain = nn.Conv2d(**CONV_ARGS)
+    by_kw = Conv2dWithReLU(**CONV_ARGS)
+    by_pos = Conv2dWithReLU(*CONV_ARGS.values())
+    for m in (by_kw, by_pos):
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding"):
+            assert getattr(m, attr) == getattr(plain, attr), attr
+        assert (m.dilation, m.groups, m.padding_mode) == ((1, 2), 1, "replicate")
+        assert m.bias is None and m.weight.dtype == torch.float64
+        m.load_state_dict(plain.state_dict())
+        torch.testing.assert_close(m(x), F.relu(plain(x)))
+    # The course's forms, as written in its notebooks.
+    course = Conv2dWithReLU(1, 8, kernel_size=5, stride=2, padding=2)
+    assert (course.kernel_size, course.stride, course.padding) == ((5, 5), (2, 2), (2, 2))
+    short = Conv2dWithReLU(8, 16, 3, 2, 1, nonlinearity=torch.tanh)
+    assert (short.kernel_size, short.stride, short.padding) == ((3, 3), (2, 2), (1, 1))
+    assert short.nonlinearity is torch.tanh
+    grouped = Conv2dWithReLU(4, 8, 3, groups=2, padding="same", dilation=2)
+    assert grouped(torch.randn(1, 4, 7, 7)).shape == (1, 8, 7, 7)
+
+
+def test_conv2d_with_relu_rejects_what_conv2d_rejects():
+    with pytest.raises(TypeError, match="kernal_size"):
+        Conv2dWithReLU(1, 8, kernal_size=5)  # a typo is not swallowed
+    with pytest.raises(TypeError):
+        Conv2dWithReLU(1, 8)  # no kernel size
+    with pytest.raises(TypeError):
+        Conv2dWithReLU(1, 8, 3, 1, 0, 1, 1, True, "zeros", None, None, F.relu)  # keyword only
+    with pytest.raises(ValueError, match="groups"):
+        Conv2dWithReLU(3, 4, 3, groups=2)

@@ -99,3 +99,70 @@ def test_notebook_without_plot_shows_only_the_bar(monkeypatch):
     make_learner([cb]).fit(1, valid=False)
     assert len(shown) == 1 and cb.fig is None
     assert cb.bar.value == cb.bar.max == 3
+
+
+class Poison(Callback):
+    """Replaces some batches' losses (as the host sees them) by a spike, inf and NaN."""
+
+    order = -100  # before ProgressCB reads the loss
+
+    def __init__(self, bad: dict[int, float]):
+        self.bad, self.n = bad, 0
+
+    def after_batch(self, learn):
+        if learn.training:
+            if self.n in self.bad:
+                learn.loss = torch.tensor(self.bad[self.n])
+            self.n += 1
+
+
+def test_loss_plot_is_not_flattened_by_a_spike_and_marks_nan(monkeypatch):
+    monkeypatch.setattr(progress_mod, "in_notebook", lambda: True)
+    monkeypatch.setattr(progress_mod, "display", lambda *a, **k: None)
+    cb = ProgressCB(plot=True)
+    bad = {1: 5e34, 3: float("inf"), 4: float("nan")}  # 6 train batches over 2 epochs
+    make_learner([Poison(bad), cb]).fit(2)
+    scale = cb.train_line.scales["y"]
+    assert np.isfinite([scale.min, scale.max]).all() and scale.max < 100  # not 5e34
+    up = cb.off_scale[0]
+    assert up.x.tolist() == pytest.approx([2 / 3]) and up.y.tolist() == [np.float32(scale.max)]
+    y = cb.train_line.y
+    assert y.dtype == np.float32 and not np.isinf(y).any() and np.isfinite(y[-1])
+    bands = np.atleast_2d(cb.nonfinite.x)  # one red band per NaN/inf loss
+    assert len(bands) == 2 and len(cb.nonfinite.fill_opacities) == 2
+    centres = bands[:, :4].mean(axis=1)
+    np.testing.assert_allclose(sorted(centres), [4 / 3, 5 / 3], rtol=1e-5)
+
+
+def test_a_plot_failure_is_logged_and_never_stops_the_fit(monkeypatch, caplog):
+    import actwidget.widget._ranges as ranges
+
+    monkeypatch.setattr(progress_mod, "in_notebook", lambda: True)
+    monkeypatch.setattr(progress_mod, "display", lambda *a, **k: None)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot broke")
+
+    monkeypatch.setattr(ranges, "robust_range", broken)
+    cb = ProgressCB(plot=True)
+    learn = make_learner([cb])
+    learn.fit(2)
+    assert learn.epoch == 1 and cb.fig is None and cb.bar.value == cb.bar.max
+    assert any("loss plot failed" in r.getMessage() for r in caplog.records)
+
+
+def test_loss_plot_before_any_valid_loss(monkeypatch):
+    monkeypatch.setattr(progress_mod, "in_notebook", lambda: True)
+    monkeypatch.setattr(progress_mod, "display", lambda *a, **k: None)
+    cb = ProgressCB(plot=True)
+    make_learner([cb]).fit(1, valid=False)  # no valid point: an empty valid line
+    assert len(cb.valid_line.y) == 0 and len(cb.train_line.y) == 3
+
+
+def test_one_epoch_plot_draws_its_single_valid_point(monkeypatch, caplog):
+    monkeypatch.setattr(progress_mod, "in_notebook", lambda: True)
+    monkeypatch.setattr(progress_mod, "display", lambda *a, **k: None)
+    cb = ProgressCB(plot=True)
+    make_learner([cb]).fit(1)
+    assert cb.fig is not None and not caplog.records  # drawn, not given up
+    assert np.unique(cb.valid_line.x).tolist() == [1.0] and np.isfinite(cb.valid_line.y).all()

@@ -443,3 +443,28 @@ def test_reset_and_a_second_fit_continue_the_x_axis():
     with hooks:
         plain_loop(model, hooks, steps=1)
     np.testing.assert_array_equal(hooks.stats["0 (Linear)"].step, [0])
+
+
+def test_a_compiled_model_records_every_call_as_eager_does():
+    """torch.compile (default backend): every call recorded, values as in eager mode."""
+    data = [torch.randn(4, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+
+    def train(compiled: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        run = torch.compile(model) if compiled else model
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with StatsHooks(model, model=model) as hooks:
+            for x in data:
+                run(x).pow(2).mean().backward()
+                opt.step()
+                opt.zero_grad()
+        assert no_hooks(model)
+        return hooks.stats
+
+    eager, compiled = train(False), train(True)
+    for name in eager:
+        e, c = eager[name], compiled[name]
+        assert len(c) == len(e) == 3
+        for field in ("mean", "std", "near_zero", "grad_mean", "grad_std", "dead"):
+            np.testing.assert_allclose(getattr(c, field), getattr(e, field), rtol=1e-4, atol=1e-6)

@@ -107,7 +107,7 @@ def test_state_contains_synced_traits() -> None:
 def test_defaults() -> None:
     w = StopButton()
     try:
-        assert (w.run_id, w.running, w.kernel_id, w.ack_timeout_ms) == (0, False, "", 800)
+        assert (w.run_id, w.running, w.kernel_id, w.ack_timeout_ms) == (0, False, "", 400)
         assert w.interrupt_on_busy is True
     finally:
         w.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from actwidget.learner import Callback
 
 __all__ = ["ProgressCB"]
 
+_log = logging.getLogger("actwidget")
 _BAR_EVERY = 0.1  # seconds between notebook bar updates
 _TEXT_EVERY = 0.25  # seconds between terminal line updates
 _PLOT_EVERY = 0.5  # seconds between plot redraws
@@ -133,39 +135,84 @@ class ProgressCB(Callback):
     def _make_figure(self) -> Any:
         import bqplot as bq
 
-        sx, sy = bq.LinearScale(), bq.LinearScale()
-        empty = np.zeros(0, np.float32)
-        self.train_line = bq.Lines(
-            x=empty, y=empty, scales={"x": sx, "y": sy}, labels=["train"], display_legend=True
-        )
+        sx, sy = bq.LinearScale(), bq.LinearScale(min=0.0, max=1.0)
+        band_y = bq.LinearScale(min=0.0, max=1.0)
+        e, e2 = np.zeros(0, np.float32), np.zeros((0, 2), np.float32)
+        sc = {"x": sx, "y": sy}
+        self.train_line = bq.Lines(x=e, y=e, scales=sc, labels=["train"], display_legend=True)
         self.valid_line = bq.Lines(
-            x=empty, y=empty, scales={"x": sx, "y": sy}, colors=["orange"], marker="circle",
+            x=e, y=e, scales=sc, colors=["orange"], marker="circle",
             labels=["valid"], display_legend=True,
         )  # fmt: skip
+        # One spike (or a diverging run) must not flatten the chart: the y range holds the
+        # bulk of the losses; the rest sit on the edge with a triangle ("off scale").
+        self.off_scale = [
+            bq.Scatter(x=e, y=e, scales=sc, marker=m, colors=["#d62728"], default_size=28)
+            for m in ("triangle-up", "triangle-down")
+        ]
+        # NaN/inf losses: red bands, never a gap that looks healthy.
+        self.nonfinite = bq.Lines(
+            x=e2, y=e2, scales={"x": sx, "y": band_y}, fill="inside", close_path=True,
+            colors=["#d62728"], stroke_width=1, fill_opacities=[],
+        )  # fmt: skip
         axes = [
-            bq.Axis(scale=sx, label="epoch"),
-            bq.Axis(scale=sy, side="left", label="loss"),
+            bq.Axis(scale=sx, label="epoch", tick_format="~g"),
+            bq.Axis(scale=sy, side="left", label="loss", tick_format=".3~g"),
         ]
         return bq.Figure(
-            marks=[self.train_line, self.valid_line],
+            marks=[self.nonfinite, self.train_line, self.valid_line, *self.off_scale],
             axes=axes,
             title="loss",
             layout={"height": "260px", "width": "560px"},
-            fig_margin={"top": 40, "bottom": 40, "left": 50, "right": 20},
+            fig_margin={"top": 40, "bottom": 40, "left": 60, "right": 20},
+            display_toolbar=False,
         )
 
     def _redraw(self) -> None:
+        """Update the plot; a plotting failure is logged and ends the plot, never the fit."""
+        try:
+            self._draw_plot()
+        except Exception:
+            _log.exception("ProgressCB: the loss plot failed to draw; training goes on")
+            self.fig = None
+
+    def _draw_plot(self) -> None:
         """Copy new losses to the host in one transfer and update the lines."""
+        from actwidget.widget._marks import polygons
+        from actwidget.widget._ranges import clip, line_arrays, robust_range
+
         self._last_plot = time.perf_counter()
         self._train_y = _append(self._train_y, self._pending)
         self._valid_y = _append(self._valid_y, self._pending_valid)
         self._pending, self._pending_valid = [], []
-        with self.train_line.hold_sync():
-            self.train_line.x = np.asarray(self._train_x, np.float32)
-            self.train_line.y = self._train_y
-        with self.valid_line.hold_sync():
-            self.valid_line.x = np.asarray(self._valid_x, np.float32)
-            self.valid_line.y = self._valid_y
+        tx = np.asarray(self._train_x, np.float64)
+        vx = np.asarray(self._valid_x, np.float64)
+        r = robust_range([self._train_y, self._valid_y])
+        above, below = [], []
+        for line, x, y in (
+            (self.train_line, tx, self._train_y),
+            (self.valid_line, vx, self._valid_y),
+        ):
+            c = clip(y, r)
+            xs, ys, _ = line_arrays(x, c.y)  # one curve: ends on a finite point
+            with line.hold_sync():
+                line.x = xs if xs.ndim == 1 else xs.reshape(-1)[: ys.size]
+                line.y = ys.reshape(-1)
+            above.append(x[c.above])
+            below.append(x[c.below])
+        scale = self.train_line.scales["y"]
+        with scale.hold_sync():
+            scale.min, scale.max = r.lo, r.hi
+        for mark, xs, edge in zip(self.off_scale, (above, below), (r.hi, r.lo), strict=True):
+            x = np.concatenate(xs).astype(np.float32)
+            with mark.hold_sync():
+                mark.x, mark.y = x, np.full(len(x), edge, np.float32)
+        bad = np.flatnonzero(~np.isfinite(self._train_y))
+        step = float(np.median(np.diff(tx))) if len(tx) > 1 else 1.0
+        bx, by = polygons(tx[bad] - step / 2, tx[bad] + step / 2, 0.0, 1.0)
+        with self.nonfinite.hold_sync():
+            self.nonfinite.x, self.nonfinite.y = bx, by
+            self.nonfinite.fill_opacities = [0.3] * len(bad)
 
 
 def _append(host: np.ndarray, pending: list[torch.Tensor]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The live widget: activation stats of a `Source` as bqplot charts, layer toggles and Stop.
+"""The live widget: activation stats of a `Source` while it trains, and Stop.
 
 ```python
 cb = StoreModuleStatsCB(mods=model.layers)
@@ -6,28 +6,34 @@ ActivationWidget(cb)                 # displayed; bound to the callback's record
 train(model=model, extra_cbs=[cb])   # blocking: the widget updates live, Stop works
 ```
 It binds to anything `actwidget.source.as_source` accepts: a recorder (`StatsHooks`), a
-callback or loop adapter (through its `.recorder`), saved stats, a run directory. Stats are
-recorded every batch; the charts redraw at most every `interval` seconds (heatmaps every
-`heatmap_interval`). At most `max_columns` columns per series cross to the browser.
-A newer widget on the same source replaces this one (this one stops listening).
+callback or loop adapter (through its `.recorder`), saved stats, a run directory. From the
+top: Stop and the run's state, alerts; an overview of every layer (a row each); the layer
+picker; line charts of the selected layers; their |a| heatmaps; the output of `start()`.
+Charts redraw at most every `interval` seconds (overview and heatmaps every
+`heatmap_interval`), with at most `max_columns` columns per series. A newer widget on the
+same source replaces this one (this one stops listening).
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import ipywidgets as widgets
 
-from ..source import Event, RunState, Source, as_source
-from ..stats import LayerStats, RunStats
+from ..source import Event, RunState, Source, StaticSource, as_source
+from ..stats import RunStats
+from ._draw import Painter
+from ._header import Header
+from ._heatmaps import Heatmaps
 from ._layers import COLORS, LayerState
+from ._overview import Overview
 from ._runner import Runner
 from ._stop import StopButton
 from ._view import Charts
@@ -36,78 +42,83 @@ __all__ = ["COLORS", "ActivationWidget"]
 
 _log = logging.getLogger("actwidget")
 _BOUND: dict[int, weakref.ref] = {}  # id(source) -> the widget listening to it
-_STATE_COLORS = {"running": "#2ca02c", "stopped": "#ff7f0e", "failed": "#d62728"}
+_SLOW_FINAL = 0.05  # s: a final redraw slower than this runs in a thread of its own
 
 
 class ActivationWidget(widgets.VBox):
     """Live activation stats of a recorder, a callback, a run directory or saved stats.
 
-    Header (state, fit, epoch, batch, speed, elapsed time, Stop); one toggle per layer;
-    mean / std / near-zero lines per layer; one |a| heatmap per visible layer; an output
-    area for fits started with `start()`.
+    - `reference`: a previous run (`RunStats`, a saved `.npz` or a run directory), drawn
+      faded behind the live lines ("before and after a fix" in one picture).
+    - `std_scale`: "log" (default) or "linear" for the std and gradient-std charts.
+    - `initial_layers`: how many layers are selected at first, spread over the depth
+      (layers with an alert join); `max_heatmaps`: most per-layer |a| heatmaps shown.
     """
 
     def __init__(
         self,
         source: Any,
         *,
+        reference: RunStats | str | Path | None = None,
         interval: float = 0.2,
         heatmap_interval: float = 1.0,
-        max_columns: int = 1024,
+        max_columns: int = 512,
+        std_scale: str = "log",
+        initial_layers: int = 5,
+        max_heatmaps: int = 8,
     ) -> None:
         if max_columns < 2:
             raise ValueError(f"max_columns must be >= 2, got {max_columns}")
         self.source: Source = as_source(source)
+        self.reference: RunStats | None = None if reference is None else _load(reference)
         self.interval, self.heatmap_interval = interval, heatmap_interval
         self.max_columns = max_columns
         self.redraws = 0
+        self.redraw_seconds = 0.0  # Python time spent redrawing, all redraws
         self.error = ""  # the last drawing error, shown in the header
-        self._lock = threading.RLock()
+        # Redraws: one thread draws at a time and none ever waits for another (a redraw may
+        # be asked for by the training thread while it holds the recorder's locks, which the
+        # drawing thread needs to read the stats); a request made while another thread
+        # draws is merged and drawn by that thread when it finishes (`_redraw`).
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._request: _Request | None = None
+        self._request_lock = threading.Lock()
         self._last = self._last_heat = 0.0
+        self._cost = self._heat_cost = 0.0  # seconds the last redraw of each kind took
         self._version = -1
-        self._series: dict[str, LayerStats] = {}
+        self._stats = RunStats()
         self._closed = False
-        self._build()
+        self._build(std_scale, initial_layers, max_heatmaps)
         self._unsubscribe: Callable[[], None] = self.source.subscribe(self._on_event)
         self._replace_previous()
         status = self.source.status
         if status.state is RunState.RUNNING:
             self._on_event(Event.FIT_START, self.source)
-        elif status.state is not RunState.WAITING:
+        elif status.state is not RunState.WAITING or self.reference is not None:
             self._redraw(heatmaps=True, force=True)
         self._render_header()
 
-    # Layout.
-    def _build(self) -> None:
-        self.header = widgets.HTML()
+    def _build(self, std_scale: str, few: int, max_heatmaps: int) -> None:
         self.stop_button = StopButton()
         self.stop_button.on_stop(self.source.request_stop)
-        self.layers = LayerState(self._on_toggle)
-        self.charts = Charts()
-        fixed = {"width": "auto", "flex": "0 0 auto"}  # never squeezed by the toggles
-        all_btn = widgets.Button(description="all", layout=widgets.Layout(**fixed))
-        none_btn = widgets.Button(description="none", layout=widgets.Layout(**fixed))
-        all_btn.on_click(lambda _: self.show_layers(None))
-        none_btn.on_click(lambda _: self.show_layers([]))
+        can_stop = not isinstance(self.source, StaticSource)
+        self.head = Header(self.stop_button, can_stop)
+        self.header = self.head.status
+        self.overview = Overview(self._redraw_overview)
+        self.layers = LayerState(self._on_selection, few)
+        self.charts = Charts(std_scale)
+        self.heatmaps = Heatmaps(max_heatmaps)
+        self.painter = Painter(
+            self.charts, self.overview, self.heatmaps, self.layers, self.reference,
+            self.max_columns,
+        )  # fmt: skip
         self.output = widgets.Output()
         self.runner = Runner(self.output, self._on_run_error)
+        parts = [self.head.box, self.overview.box, self.layers.box, self.charts.box]
         super().__init__(
-            [
-                widgets.HBox(
-                    [self.header, self.stop_button], layout=widgets.Layout(align_items="center")
-                ),
-                widgets.HBox(
-                    [
-                        widgets.Label("layers:", layout=widgets.Layout(**fixed)),
-                        self.layers.box,
-                        all_btn,
-                        none_btn,
-                    ]
-                ),
-                self.charts.lines_box,
-                self.charts.heat_box,
-                self.output,
-            ]
+            [*parts, self.heatmaps.note, self.heatmaps.box, self.output],
+            layout=widgets.Layout(width="100%"),
         )
         self.add_class("actwidget")
 
@@ -118,12 +129,6 @@ class ActivationWidget(widgets.VBox):
         if previous is not None and previous is not self:
             previous.close()
         _BOUND[key] = weakref.ref(self)
-
-    def _sync_layers(self, stats: RunStats) -> None:
-        for name in self.layers.add(stats):
-            self.charts.add_layer(
-                name, self.layers.color(name), stats.config, self.layers.toggles[name]
-            )
 
     # Public API.
     @property
@@ -138,21 +143,22 @@ class ActivationWidget(widgets.VBox):
 
     @property
     def visible_layers(self) -> list[str]:
-        """Names of the layers currently shown."""
-        return self.layers.visible
+        """Names of the selected layers (those drawn), in model order."""
+        return self.layers.selected
 
-    def show_layers(self, names: list[str] | None) -> None:
-        """Show exactly `names` (None: all layers)."""
+    def show_layers(self, names: Iterable[str] | str | None) -> None:
+        """Select exactly `names`: a list of layer names, a filter pattern (substring, or
+        glob with * ? [, as in the picker's filter box), or None for all layers."""
         self.layers.show(names)
 
     def redraw(self) -> None:
-        """Redraw everything now, heatmaps included."""
+        """Redraw everything now, overview and heatmaps included."""
         self._redraw(heatmaps=True, force=True)
 
     def start(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
         """Run `fn(*args, **kwargs)` (e.g. your `train(...)`) in a worker thread; returns at once.
 
-        The kernel stays free, so Stop and the toggles answer at once; what the run prints
+        The kernel stays free, so Stop and the picker answer at once; what the run prints
         or displays goes to this widget's output area; `wait()` joins."""
         self.stop_button.interrupt_on_busy = False  # a busy kernel is running another cell
         return self.runner.start(fn, *args, **kwargs)
@@ -175,10 +181,15 @@ class ActivationWidget(widgets.VBox):
         unsubscribe = getattr(self, "_unsubscribe", None)
         if unsubscribe is not None:
             unsubscribe()
-        if getattr(self, "charts", None) is not None:
-            self.charts.close()
-        if getattr(self, "stop_button", None) is not None:
-            self.stop_button.close()
+        for part in ("charts", "heatmaps"):
+            if getattr(self, part, None) is not None:
+                getattr(self, part).close()
+        for w in ("stop_button", "layers"):
+            obj = getattr(self, w, None)
+            if obj is not None:
+                (obj.picker if w == "layers" else obj).close()
+        if getattr(self, "overview", None) is not None:
+            self.overview.figure.close()
         super().close()
 
     # Events from the source (often in the training thread).
@@ -188,22 +199,37 @@ class ActivationWidget(widgets.VBox):
         try:
             if event is Event.FIT_START:
                 status = source.status
-                self._sync_layers(source.stats)
+                self.layers.add(source.stats)
                 with self.stop_button.hold_sync():
                     self.stop_button.run_id = status.fit_id
                     self.stop_button.running = status.stoppable
                 self._render_header()
             elif event is Event.FIT_END:
                 self.stop_button.running = False
+                self._render_header()
+                if self._cost + self._heat_cost > _SLOW_FINAL:  # don't hold up the cell
+                    threading.Thread(target=self._final_redraw, daemon=True).start()
+                else:
+                    self._final_redraw()
+            elif event is Event.ALERT:
+                self.layers.alert(a.layer for a in source.alerts)
                 self._redraw(heatmaps=True, force=True)
                 self._render_header()
             else:
                 now = time.perf_counter()
-                if now - self._last >= self.interval:
+                if now - self._last >= _wait(self.interval, self._cost):
                     self._last = now
-                    self._redraw(heatmaps=now - self._last_heat >= self.heatmap_interval)
+                    heat = now - self._last_heat >= _wait(self.heatmap_interval, self._heat_cost)
+                    self._redraw(heatmaps=heat)
                     self._render_header()
         except Exception as e:  # a drawing failure must never stop training
+            self._show_error(e)
+
+    def _final_redraw(self) -> None:
+        try:
+            self._redraw(heatmaps=True, force=True)
+            self._render_header()
+        except Exception as e:
             self._show_error(e)
 
     def _on_run_error(self, error: BaseException) -> None:
@@ -217,53 +243,76 @@ class ActivationWidget(widgets.VBox):
         with contextlib.suppress(Exception):  # nothing more to show it with
             self._render_header()
 
-    # Drawing.
-    def _render_header(self) -> None:
-        st = self.source.status
-        state = st.state.value
-        if self.error and st.state is RunState.WAITING:
-            state = "failed"
-        color = _STATE_COLORS.get(state, "#555")
-        parts = [f"<b style='color:{color}'>{state}</b> {html.escape(st.message)}".strip()]
-        if st.state is not RunState.WAITING:
-            if st.fit > 1:
-                parts.append(f"fit {st.fit}")
-            if st.epoch is not None:
-                parts.append(f"epoch {st.epoch + 1}/{st.epochs or '?'}")
-                shown = min(st.epoch_step + (st.state is RunState.RUNNING), st.epoch_steps or 10**9)
-                parts.append(f"{st.phase} batch {shown}/{st.epoch_steps or '?'}")
-            else:
-                parts.append(f"batch {st.batch}")
-            if st.elapsed > 0:
-                parts.append(f"{st.fit_batches / st.elapsed:.1f} batches/s")
-                parts.append(f"{st.elapsed:.1f} s")
-        if self.error:
-            parts.append(f"<span style='color:#d62728'>{html.escape(self.error)}</span>")
-        self.header.value = " · ".join(p for p in parts if p)
-
-    def _redraw(self, heatmaps: bool, force: bool = False) -> None:
-        with self._lock:
-            stats = self.source.stats
-            if stats.version == self._version and not force:
-                return
-            self._version = stats.version
-            self._sync_layers(stats)
-            series = {n: s.coarsened(self.max_columns) for n, s in stats.items()}
-            self.redraws += 1
-            self._series = series
-            self.charts.draw_lines(series)
-            self.charts.rescale(series, self.layers.visible)
-            if heatmaps:
-                self._last_heat = time.perf_counter()
-                for name, s in series.items():
-                    self.charts.draw_heatmap(name, s)
-            self.charts.apply_visibility(self.layers.visible)
-
-    def _on_toggle(self) -> None:
+    def _on_selection(self) -> None:
+        """The selection changed (browser, `show_layers` or an alert): redraw what it shows."""
+        if self._closed:
+            return
         try:
-            with self._lock:
-                visible = self.layers.visible
-                self.charts.apply_visibility(visible)
-                self.charts.rescale(self._series, visible)
+            self._redraw(heatmaps=True, force=True, overview=False)
         except Exception as e:
             self._show_error(e)
+
+    def _redraw_overview(self) -> None:
+        self._redraw(heatmaps=True, force=True)
+
+    # Drawing.
+    def _render_header(self) -> None:
+        self.head.render(self.source.status, self._stats.alerts, self.error)
+
+    def _redraw(self, heatmaps: bool, force: bool = False, overview: bool = True) -> None:
+        """Ask for a redraw: drawn now, or by the thread drawing at the moment, right after."""
+        with self._request_lock:
+            self._request = _Request(heatmaps, force, overview)._merge(self._request)
+        me = threading.get_ident()
+        while self._request is not None and self._owner != me:
+            if not self._lock.acquire(blocking=False):
+                return  # another thread draws; it takes our request when it is done
+            self._owner = me
+            try:
+                with self._request_lock:
+                    request, self._request = self._request, None
+                if request is not None:
+                    self._draw(*request)
+            finally:
+                self._owner = None
+                self._lock.release()
+
+    def _draw(self, heatmaps: bool, force: bool, overview: bool) -> None:
+        t0 = time.perf_counter()
+        stats = self.source.stats
+        if stats.version == self._version and not force:
+            return
+        self._version, self._stats = stats.version, stats
+        self.layers.add(stats)
+        heat, _lines = self.painter.draw(stats, heatmaps, overview)
+        if heatmaps:
+            self._last_heat, self._heat_cost = time.perf_counter(), heat
+        self._cost = time.perf_counter() - t0 - heat
+        self.redraws += 1
+        self.redraw_seconds += time.perf_counter() - t0
+
+
+class _Request(NamedTuple):
+    """A redraw asked for: heatmaps too, even without new data, the overview too."""
+
+    heatmaps: bool
+    force: bool
+    overview: bool
+
+    def _merge(self, other: _Request | None) -> _Request:
+        if other is None:
+            return self
+        return _Request(*(a or b for a, b in zip(self, other, strict=True)))
+
+
+def _wait(interval: float, cost: float) -> float:
+    """Seconds between redraws: `interval`, longer when a redraw costs more than 5% of it
+    (0: every event, for tests and benchmarks)."""
+    return max(interval, 20 * cost) if interval > 0 else 0.0
+
+
+def _load(reference: RunStats | str | Path) -> RunStats:
+    """A reference run's stats from a `RunStats`, a saved file or a run directory."""
+    if isinstance(reference, RunStats):
+        return reference.snapshot()
+    return as_source(reference).stats

@@ -49,6 +49,7 @@ def current_kernel_id() -> str:
 
 class StopButton(anywidget.AnyWidget):
     """Stop button; the front end (js/stop.js) sends stop requests, this side acks them.
+    The protocol's types: `StopState`, `StopRequest`, `StopAck` in js/stop.js.
 
     Protocol. Synced traits: `run_id` (int, current fit), `running` (bool), `kernel_id`
     (str, "" if unknown), `ack_timeout_ms` (int), `interrupt_on_busy` (bool; False: never
@@ -65,7 +66,8 @@ class StopButton(anywidget.AnyWidget):
     run_id = Int(0).tag(sync=True)
     running = Bool(False).tag(sync=True)
     kernel_id = Unicode("").tag(sync=True)
-    ack_timeout_ms = Int(800).tag(sync=True)
+    #: An idle kernel acks within ~50 ms; a busy one (blocking fit) never does: then interrupt.
+    ack_timeout_ms = Int(400).tag(sync=True)
     #: False when the fit runs in a worker thread: a SIGINT would hit another cell, not the fit.
     interrupt_on_busy = Bool(True).tag(sync=True)
 

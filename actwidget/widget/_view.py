@@ -1,145 +1,185 @@
-"""The charts: bqplot line charts of mean / std / near-zero per layer, and |a| heatmaps.
+"""The line charts: mean, std, near-zero fraction and gradient std of the selected layers.
 
-What crosses to the browser is bounded and binary: float32 arrays (sent as buffers),
-trait writes batched with `hold_sync()`.
+One multi-line bqplot mark per chart holds the selected layers only (so what is sent grows
+with the selection, not with the model), a second one a reference run, faded. Std and
+gradient std are on a log axis by default. The y range holds the bulk of every line, not
+its spikes (`_ranges.robust_range`); points beyond it sit on the edge with a triangle, and
+the title counts them. Red bands mark non-finite batches, dashed rules each fit's start,
+orange rules each alert. Everything crosses as float32 buffers, in one message per mark.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NamedTuple
 
 import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
-from ..stats import LayerStats, StatsConfig
+from ._grid import Grid
+from ._marks import NONFINITE, Marked, Overlay, f32, set_if_changed
+from ._ranges import Range, clip, int_ticks, line_arrays, log_ticks, nice_ticks, robust_range
 
-__all__ = ["Charts"]
-
-SERIES = [("mean", "Mean"), ("std", "Std"), ("near_zero", "Near-zero fraction")]
-
-
-def f32(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
+__all__ = ["SERIES", "Charts", "Frame", "Series", "chart_grid"]
 
 
-def padded_range(values: list[np.ndarray]) -> tuple[float, float]:
-    """Finite min/max over arrays, widened when flat so a constant series still draws."""
-    finite = [v[np.isfinite(v)] for v in values]
-    finite = [v for v in finite if v.size]
-    if not finite:
-        return 0.0, 1.0
-    lo, hi = min(float(v.min()) for v in finite), max(float(v.max()) for v in finite)
-    pad = (hi - lo) * 0.05 or max(abs(lo) * 0.05, 0.05)
-    return lo - pad, hi + pad
+class Series(NamedTuple):
+    """One line chart: the `LayerStats` series it draws, its title, a log axis or not, and
+    the range its values can take (a fraction stays in [0, 1])."""
+
+    key: str
+    title: str
+    log: bool
+    bounds: tuple[float, float] | None = None
+
+
+SERIES = [
+    Series("mean", "Mean", False),
+    Series("std", "Std", True),
+    Series("near_zero", "Near-zero fraction", False, (0.0, 1.0)),
+    Series("grad_std", "Gradient std", True),
+]
+
+
+class Frame(NamedTuple):
+    """What the line charts draw: x, the selected layers' names, colours and series
+    (key -> (layers, bins) array), the same for a reference run, and the overlay."""
+
+    grid: Grid
+    x: np.ndarray
+    names: list[str]
+    colors: list[str]
+    values: dict[str, np.ndarray]
+    ref_x: np.ndarray
+    ref_names: list[str]
+    ref_colors: list[str]
+    ref_values: dict[str, np.ndarray]
+    marked: Marked
+
+
+def chart_grid(items: list[widgets.Widget], min_width: str = "300px") -> widgets.GridBox:
+    """A grid that fills the width with as many columns of at least `min_width` as fit."""
+    return widgets.GridBox(
+        items,
+        layout=widgets.Layout(
+            grid_template_columns=f"repeat(auto-fill, minmax({min_width}, 1fr))",
+            grid_gap="0px 6px", width="100%",
+        ),
+    )  # fmt: skip
+
+
+def x_axis(scale: bq.Scale, label: str = "batch") -> bq.Axis:
+    """A batch axis: a few round integer ticks (set per redraw), SI labels ("20k")."""
+    return bq.Axis(scale=scale, label=label, tick_format="~s", tick_values=np.array([0.0, 1.0]))
+
+
+def set_x(scale: bq.Scale, axis: bq.Axis, domain: tuple[float, float], ticks: int) -> None:
+    """Fix an x scale to `domain` with at most `ticks` round integer ticks."""
+    lo, hi = domain
+    set_if_changed(scale, min=float(lo), max=float(hi))
+    set_if_changed(axis, tick_values=int_ticks(lo, hi, ticks))
+
+
+class LineChart:
+    """One figure: the layers' lines, a reference run, off-scale markers and overlays."""
+
+    def __init__(self, series: Series, x_scale: bq.LinearScale, log: bool) -> None:
+        self.series, self.log = series, log
+        self.y = bq.LogScale(min=1e-3, max=1.0) if log else bq.LinearScale(min=0.0, max=1.0)
+        e, e2 = np.zeros(0, np.float32), np.zeros((0, 2), np.float32)
+        sc = {"x": x_scale, "y": self.y}
+        self.lines = bq.Lines(x=e2, y=e2, scales=sc, stroke_width=1.5, labels=[], colors=["#555"])
+        self.ref = bq.Lines(
+            x=e2, y=e2, scales=sc, stroke_width=2, labels=[], colors=["#555"],
+            opacities=[0.3], line_style="dashed",
+        )  # fmt: skip
+        self.above = bq.Scatter(
+            x=e, y=e, scales=sc, marker="triangle-up", colors=[NONFINITE],
+            default_size=28, stroke="white",
+        )  # fmt: skip
+        self.below = bq.Scatter(
+            x=e, y=e, scales=sc, marker="triangle-down", colors=[NONFINITE],
+            default_size=28, stroke="white",
+        )  # fmt: skip
+        self.overlay = Overlay(x_scale)
+        self.x_axis = x_axis(x_scale)
+        fmt = ".2~g" if log else ".3~g"
+        self.y_axis = bq.Axis(scale=self.y, side="left", tick_format=fmt)
+        marks = [*self.overlay.below, self.ref, self.lines, self.above, self.below]
+        self.figure = bq.Figure(
+            title=series.title,
+            marks=[*marks, *self.overlay.above],
+            axes=[self.x_axis, self.y_axis],
+            fig_margin={"top": 32, "bottom": 38, "left": 62, "right": 22},
+            layout=widgets.Layout(width="auto", height="240px", min_width="0"),
+            title_style={"font-size": "14px"},
+            display_toolbar=False,
+            animation_duration=0,
+        )
+        self.range = Range(0.0, 1.0, log)
+
+    def draw(self, frame: Frame) -> None:
+        key = self.series.key
+        ys, ref = frame.values[key], frame.ref_values.get(key)
+        shown = [*ys] + ([*ref] if ref is not None else [])
+        r = robust_range(shown, log=self.log)
+        if self.series.bounds is not None:
+            lo, hi = self.series.bounds
+            r = Range(max(r.lo, lo), min(r.hi, hi), r.log)
+            r = r if r.hi > r.lo else Range(lo, hi, r.log)
+        c = clip(ys, r)
+        _set_lines(self.lines, frame.x, c.y, frame.names, frame.colors)
+        if ref is not None:
+            _set_lines(self.ref, frame.ref_x, clip(ref, r).y, frame.ref_names, frame.ref_colors)
+        for mark, where, edge in ((self.above, c.above, r.hi), (self.below, c.below, r.lo)):
+            x = f32(frame.x[where.any(axis=0)])
+            set_if_changed(mark, x=x, y=f32(np.full(len(x), edge)))
+        off = int(c.above.sum() + c.below.sum())
+        empty = len(frame.names) and not np.isfinite(ys).any()
+        title = self.series.title + (f" ({off} off scale)" if off else "")
+        set_if_changed(self.figure, title=title + (" (no data)" if empty else ""))
+        set_if_changed(self.y, min=r.lo, max=r.hi)
+        ticks = log_ticks(r.lo, r.hi) if self.log else nice_ticks(r.lo, r.hi, 6)
+        set_if_changed(self.y_axis, tick_values=ticks)
+        self.range = r
+        self.overlay.draw(frame.marked)
+
+
+def _set_lines(mark: bq.Lines, x: np.ndarray, ys: np.ndarray, names: list, colors: list) -> None:
+    """One message: the curves with data, labelled by layer (the picker hides by label)."""
+    xs, ys, keep = line_arrays(x, ys)
+    labels = [names[i] for i in keep]
+    with mark.hold_sync():
+        set_if_changed(mark, labels=labels, colors=[colors[i] for i in keep] or ["#555"])
+        mark.x, mark.y = xs, ys
 
 
 class Charts:
-    """Line charts (one line per layer) and one heatmap figure per layer."""
+    """The line charts (`SERIES`), sharing one x scale; `box` lays them out."""
 
-    def __init__(self) -> None:
-        self.x_scale = bq.LinearScale()
-        self.figures: dict[str, bq.Figure] = {}
-        for key, title in SERIES:
-            fig = bq.Figure(
-                title=title,
-                marks=[],
-                axes=[
-                    bq.Axis(scale=self.x_scale, label="batch"),
-                    bq.Axis(scale=bq.LinearScale(), side="left", tick_format=".3~g"),
-                ],
-                fig_margin={"top": 40, "bottom": 40, "left": 55, "right": 10},
-                layout=widgets.Layout(width="32%", height="260px", min_width="260px"),
-            )
-            fig.axes[1].scale.allow_padding = False
-            self.figures[key] = fig
-        self.lines_box = widgets.HBox(
-            list(self.figures.values()), layout=widgets.Layout(flex_flow="row wrap")
-        )
-        self.heat_box = widgets.Box(layout=widgets.Layout(flex_flow="row wrap", display="flex"))
-        self.lines: dict[str, dict[str, bq.Lines]] = {}
-        self.heat: dict[str, bq.HeatMap] = {}
-        self.heat_figures: dict[str, bq.Figure] = {}
-        self.ready: set[str] = set()  # heatmaps drawn with real data
-        self.links: dict[str, list[Any]] = {}
+    def __init__(self, std_scale: str = "log") -> None:
+        if std_scale not in ("log", "linear"):
+            raise ValueError(f'std_scale must be "log" or "linear", got {std_scale!r}')
+        self.x_scale = bq.LinearScale(min=-0.5, max=1.5)
+        self.charts = {
+            s.key: LineChart(s, self.x_scale, s.log and std_scale == "log") for s in SERIES
+        }
+        self.figures = {k: c.figure for k, c in self.charts.items()}
+        self.box = chart_grid(list(self.figures.values()))
 
-    def add_layer(self, name: str, color: str, config: StatsConfig, toggle: Any) -> None:
-        empty = np.zeros(0, np.float32)
-        lines = {}
-        for key, fig in self.figures.items():
-            line = bq.Lines(
-                x=empty, y=empty, scales={"x": self.x_scale, "y": fig.axes[1].scale},
-                colors=[color], labels=[name], stroke_width=1.5,
-            )  # fmt: skip
-            lines[key] = line
-            fig.marks = [*fig.marks, line]
-        nbins = config.bins
-        heat = bq.HeatMap(  # placeholder data with a non-empty domain (a [0, 0] one breaks
-            x=np.array([0.0, 1.0], np.float32),  # the axis's tick format in the browser)
-            y=np.array([0.0, nbins], np.float32),
-            color=np.zeros((2, 2), np.float32),
-            scales={"x": bq.LinearScale(), "y": bq.LinearScale(min=0.0, max=float(nbins)),
-                    "color": bq.ColorScale(scheme="viridis")},
-        )  # fmt: skip
-        hfig = bq.Figure(
-            title=name,
-            marks=[heat],
-            axes=[bq.Axis(scale=heat.scales["x"], label="batch", num_ticks=4),
-                  bq.Axis(scale=heat.scales["y"], side="left", label="|a| bin")],
-            fig_margin={"top": 30, "bottom": 40, "left": 45, "right": 10},
-            layout=widgets.Layout(width="320px", height="200px"),
-            title_style={"fill": color, "font-size": "12px"},
-        )  # fmt: skip
-        hfig.layout.display = "none"  # until it has 2 columns (HeatMap needs at least 2)
-        self.lines[name], self.heat[name], self.heat_figures[name] = lines, heat, hfig
-        # Links in the browser: the toggle hides the marks at once even while a blocking fit
-        # keeps the kernel busy; the kernel catches up (rescale, heatmap box) when free.
-        self.links[name] = [
-            widgets.jsdlink((toggle, "value"), (m, "visible")) for m in [*lines.values(), heat]
-        ]
+    @property
+    def line_marks(self) -> list[bq.Lines]:
+        """The marks whose curves are layers (the picker hides unselected ones)."""
+        return [m for c in self.charts.values() for m in (c.lines, c.ref)]
 
-    def draw_lines(self, series: dict[str, LayerStats]) -> None:
-        for name, s in series.items():
-            x = f32(s.step)
-            for key, line in self.lines[name].items():
-                with line.hold_sync():
-                    line.x, line.y = x, f32(getattr(s, key))
-
-    def rescale(self, series: dict[str, LayerStats], visible: list[str]) -> None:
-        """Fit each chart's y range to the visible layers (a flat series gets a margin)."""
-        shown = [series[n] for n in visible if n in series]
-        for key, fig in self.figures.items():
-            lo, hi = padded_range([getattr(s, key) for s in shown])
-            scale = fig.axes[1].scale
-            with scale.hold_sync():
-                scale.min, scale.max = lo, hi
-
-    def draw_heatmap(self, name: str, s: LayerStats) -> None:
-        if len(s) < 2:
-            return
-        heat, bins = self.heat[name], s.hist.shape[1]
-        with heat.hold_sync():
-            heat.x = f32(s.step)
-            heat.y = f32(np.arange(bins) + 0.5)
-            heat.color = f32(np.log1p(s.hist.T))
-        self.ready.add(name)
-
-    def apply_visibility(self, visible: list[str]) -> None:
-        shown = set(visible)
-        for name, lines in self.lines.items():
-            on = name in shown
-            for line in lines.values():
-                if line.visible != on:
-                    line.visible = on
-            display = "flex" if on and name in self.ready else "none"
-            if self.heat_figures[name].layout.display != display:
-                self.heat_figures[name].layout.display = display
-        # A hidden heatmap leaves the box rather than staying there with `display: none`:
-        # bqplot hides a figure laid out at zero size and may not draw it again when shown.
-        boxed = [f for f in self.heat_figures.values() if f.layout.display != "none"]
-        if list(self.heat_box.children) != boxed:
-            self.heat_box.children = boxed
+    def draw(self, frame: Frame) -> None:
+        first = next(iter(self.charts.values()))
+        set_x(self.x_scale, first.x_axis, frame.grid.domain, 5)
+        for c in self.charts.values():
+            if c is not first:
+                set_if_changed(c.x_axis, tick_values=first.x_axis.tick_values)
+            c.draw(frame)
 
     def close(self) -> None:
-        for fig in [*self.figures.values(), *self.heat_figures.values()]:
+        for fig in self.figures.values():
             fig.close()

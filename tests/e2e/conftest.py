@@ -3,7 +3,9 @@
 - ``lab``     (session): an isolated JupyterLab server on 127.0.0.1, see ``_lab.start_lab``.
 - ``browser`` (session): headless Debian Chromium (``/usr/bin/chromium``).
 - ``page``    (function): a fresh browser context + page (1400x1000); on teardown all
-  kernels of the session's server are shut down so tests do not leak kernels.
+  kernels of the session's server are shut down so tests do not leak kernels, and the
+  test fails if the browser console logged any error (``CONSOLE_ALLOWED`` lists the few
+  harmless ones that are not ours, each with its reason).
 
 On a failing test a screenshot (and the browser console log) is written to
 ``test-artifacts/e2e/FAILED-<test>.png`` / ``...-console.log``.
@@ -12,6 +14,7 @@ On a failing test a screenshot (and the browser console log) is written to
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -66,8 +69,22 @@ def browser() -> Iterator[Browser]:
             b.close()
 
 
+# Browser console errors that are harmless and not ours: (regex, why). Keep this narrow:
+# every other "[error]" console message or uncaught page error fails the test.
+CONSOLE_ALLOWED: list[tuple[str, str]] = []
+
+
+def console_errors(console: list[str]) -> list[str]:
+    """The console lines that are errors (console.error or an uncaught page error) and not
+    allowed by CONSOLE_ALLOWED."""
+    errors = [m for m in console if m.startswith(("[error]", "[pageerror]"))]
+    return [m for m in errors if not any(re.search(p, m) for p, _ in CONSOLE_ALLOWED)]
+
+
 @pytest.fixture
 def page(browser, lab) -> Iterator[Page]:
+    """A fresh page; the test fails if the browser console logged an error (bqplot's
+    `translate(..., undefined)` / `d="null"`, a widget's exception, ...)."""
     context = browser.new_context(viewport=_lab.VIEWPORT)
     context.set_default_timeout(_lab.DEFAULT_TIMEOUT_MS)
     pg = context.new_page()
@@ -80,6 +97,12 @@ def page(browser, lab) -> Iterator[Page]:
     finally:
         context.close()
         lab.shutdown_all_kernels()
+    errors = console_errors(console)
+    if errors:
+        shown = "\n".join(errors[:20]) + (
+            f"\n... {len(errors) - 20} more" if len(errors) > 20 else ""
+        )
+        pytest.fail(f"{len(errors)} browser console error(s):\n{shown}", pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

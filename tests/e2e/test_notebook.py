@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nbformat
 import pytest
 from playwright.sync_api import expect
 
@@ -30,6 +31,13 @@ def test_demo_notebook_runs_top_to_bottom(lab, page):
         run.wait(timeout=240_000)  # raises if a cell raised or was skipped
     texts = [cell_output_text(page, r.index) for r in runs]
     assert not [t for t in texts if "Traceback" in t], texts
-    widget = cell_output_locator(page, 7).locator(".actwidget")  # ActivationWidget(cb)
+    cells = nbformat.read(NOTEBOOK, as_version=4).cells
+    first = next(  # the first cell that shows a widget as its last line
+        i
+        for i, c in enumerate(cells)
+        if c.cell_type == "code"
+        and c.source.strip().splitlines()[-1].startswith("ActivationWidget(")
+    )
+    widget = cell_output_locator(page, first).locator(".actwidget")
     expect(widget).to_contain_text("finished")
     screenshot(page, "notebook-end")
