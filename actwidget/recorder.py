@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,13 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ._interrupt import graceful_sigint
+from ._modules import (
+    CHANNELS_FIRST,
+    first_float_tensor,
+    module_names,
+    select_modules,
+    unsummarizable,
+)
 from ._summary import CallRecord, GradRecord, Probe, build_columns, grad_sums
 from .diagnose import KINDS, AlertConfig, Diagnoser
 from .source import Event, Listener, Listeners, RunState, RunStatus
@@ -46,111 +53,6 @@ __all__ = ["StatsHooks", "first_float_tensor", "module_names", "select_modules"]
 
 _log = logging.getLogger("actwidget")
 _FIT_IDS = itertools.count(1)  # unique across recorders: a stale stop never matches a later fit
-_CHANNELS_FIRST = (
-    nn.modules.conv._ConvNd,
-    nn.modules.batchnorm._NormBase,
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-)
-
-
-def first_float_tensor(out: Any) -> torch.Tensor | None:
-    """The first floating-point tensor in a (nested) tensor/tuple/list/dict output, else None."""
-    if isinstance(out, torch.Tensor):
-        return out if out.is_floating_point() else None
-    if isinstance(out, Mapping):
-        items: Iterable[Any] = out.values()
-    elif isinstance(out, (list, tuple)):
-        items = out
-    else:
-        return None
-    for o in items:
-        t = first_float_tensor(o)
-        if t is not None:
-            return t
-    return None
-
-
-def _unsummarizable(t: torch.Tensor | None) -> str | None:
-    """Why an output can't be summarised (None: it can)."""
-    if t is None:
-        return "not a floating tensor"
-    if t.is_complex():
-        return "a complex tensor"
-    if not t.is_floating_point():
-        return f"a {t.dtype} tensor, not a floating one"
-    if t.layout != torch.strided:
-        return f"a {t.layout} tensor"
-    if t.is_nested:
-        return "a nested tensor"
-    if t.is_quantized:
-        return "a quantized tensor"
-    if t.device.type == "meta":
-        return "a meta tensor (no data)"
-    if t.ndim == 0 or t.numel() == 0:
-        return "an empty or 0-d tensor"
-    return None
-
-
-def select_modules(
-    model: nn.Module | None, mods: Any = None, mod_filter: Callable[[nn.Module], Any] | None = None
-) -> list[nn.Module]:
-    """The modules to hook.
-
-    `mods`: a module (a Sequential / ModuleList / ModuleDict means its children), dotted
-    names in `model` ("layers.0"), or a list of either. None: every module of `model` for
-    which `mod_filter` is truthy (default: the leaf modules, those without children).
-    """
-    if mods is None:
-        if model is None:
-            raise ValueError("give the modules to hook (mods=...) or a model")
-        keep = mod_filter or (lambda m: not any(True for _ in m.children()))
-        chosen = [m for m in model.modules() if keep(m)]
-        if not chosen:
-            raise ValueError("mod_filter selected no modules of the model: nothing to hook")
-        return chosen
-    if isinstance(mods, (nn.Sequential, nn.ModuleList)):
-        chosen: list[Any] = list(mods)
-    elif isinstance(mods, nn.ModuleDict):
-        chosen = list(mods.values())
-    elif isinstance(mods, (str, nn.Module)):
-        chosen = [mods]
-    elif isinstance(mods, Iterable):
-        chosen = [m for m in mods]
-    else:
-        raise TypeError(f"mods must be modules or dotted names, got {type(mods).__name__}")
-    if len(chosen) == 1 and isinstance(chosen[0], (nn.Sequential, nn.ModuleList)):
-        chosen = list(chosen[0])
-    if not chosen:
-        raise ValueError("mods is empty: nothing to hook")
-    out = []
-    for m in chosen:
-        if isinstance(m, str):
-            if model is None:
-                raise ValueError(f"mods names {m!r}: give the model to resolve it in")
-            try:
-                m = model.get_submodule(m)
-            except AttributeError as e:
-                raise ValueError(f"the model has no module {m!r} ({e})") from None
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"mods must be torch.nn.Module objects or names, got {m!r}")
-        out.append(m)
-    return out
-
-
-def module_names(model: nn.Module | None, mods: Sequence[nn.Module]) -> list[str]:
-    """Readable unique names such as 'layers.0 (Conv2dWithReLU)', from `model.named_modules()`."""
-    paths = {id(m): n for n, m in model.named_modules()} if model is not None else {}
-    names: list[str] = []
-    for i, m in enumerate(mods):
-        path = paths.get(id(m), str(i)) or "model"
-        name = f"{path} ({type(m).__name__})"
-        while name in names:
-            name += "'"
-        names.append(name)
-    return names
 
 
 def _is_distributed() -> bool:
@@ -312,7 +214,7 @@ class StatsHooks:
         self.modules, self.names = mods, names
         if not self._probes:
             self._probes = [
-                Probe(i, n, self.config, isinstance(m, _CHANNELS_FIRST))
+                Probe(i, n, self.config, isinstance(m, CHANNELS_FIRST))
                 for i, (m, n) in enumerate(zip(mods, names, strict=True))
             ]
             self._calls = [0] * len(mods)
@@ -534,7 +436,7 @@ class StatsHooks:
             if t is None or not t.is_floating_point() or t.layout is not torch.strided or (
                 not t.ndim or not t.numel() or t.is_meta or t.is_nested
             ):  # fmt: skip
-                self._warn(probe.index, _unsummarizable(t) or f"a {type(output).__name__}")
+                self._warn(probe.index, unsummarizable(t) or f"a {type(output).__name__}")
                 return
             rec = probe.forward(t, self._batch)
             with self._pending_lock:

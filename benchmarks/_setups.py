@@ -31,6 +31,26 @@ def deep_mlp(blocks: int = 100, width: int = 64) -> nn.Sequential:
     return nn.Sequential(*[m for _ in range(blocks) for m in (nn.Linear(width, width), nn.ReLU())])
 
 
+class Encoder(nn.Module):
+    """Token embedding, a 6-layer TransformerEncoder (d 64, 4 heads), a classification head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 64)
+        layer = nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=6, enable_nested_tensor=False)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(ids)).mean(1))
+
+
+def encoder_modules(model: nn.Module) -> list[nn.Module]:
+    """Every Linear, LayerNorm and attention module (those a forward calls)."""
+    kinds = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention)
+    return [m for n, m in model.named_modules() if isinstance(m, kinds) and "out_proj" not in n]
+
+
 def conv_outputs(model: nn.Module) -> list[nn.Module]:
     """The modules whose outputs are recorded: each conv (+ReLU) layer's output."""
     mods = list(model.layers) if hasattr(model, "layers") else list(model)
@@ -94,8 +114,9 @@ def _fastai(model: nn.Module, mods: list[nn.Module]) -> Handle:
     return Handle(lambda: stats.append(hooks.stored), hooks.remove)
 
 
-def _sum_hook(m: nn.Module, i: Any, o: torch.Tensor) -> None:
-    o.sum()  # one extra read of the activation: the floor for any exact statistic
+def _sum_hook(m: nn.Module, i: Any, o: Any) -> None:
+    (o if isinstance(o, torch.Tensor) else o[0]).sum()  # one extra read: the floor for any
+    # exact statistic (attention returns a tuple: its first tensor)
 
 
 SETUPS: dict[str, Callable[[nn.Module, list[nn.Module]], Handle | None]] = {

@@ -39,8 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _setups import (
     SETUPS,
+    Encoder,
     conv_outputs,
     deep_mlp,
+    encoder_modules,
     have_fastai,
     heavy_net,
     make_batches,
@@ -192,6 +194,55 @@ def per_layer_training(rounds: int, steps: int, relus) -> list[list]:
     return [[f"{len(mods)}, training step", s,
              f"{(statistics.median(times[s]) - base) / len(mods) * 1e6:.1f}"]
             for s in setups[1:]]  # fmt: skip
+
+
+def deep_table(rounds: int, steps: int) -> list[list]:
+    """2b: training-step ratios of deep models, every interesting module hooked (1 thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = []
+        g = torch.Generator().manual_seed(0)
+        nets = [
+            ("TransformerEncoder, 6 layers", Encoder, encoder_modules,
+             [(torch.randint(0, 100, (32, 32), generator=g), torch.randint(0, 10, (32,)))
+              for _ in range(steps)]),
+            ("100-block MLP", deep_mlp, lambda m: [x for x in m if isinstance(x, torch.nn.ReLU)],
+             make_batches(steps, 64, "cpu", shape=(64,))),
+        ]  # fmt: skip
+        setups = ["none", "o.sum() hook (floor)", "actwidget default", "default, no gradients"]
+        for net, make, pick, batches in nets:
+            torch.manual_seed(0)
+            model = make()
+            mods = pick(model)
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+            times: dict[str, list[float]] = {s: [] for s in setups}
+            for _ in range(rounds):
+                for s in setups:
+                    handle = SETUPS[s](model, mods)
+                    t0 = time.thread_time()
+                    for xb, yb in batches:
+                        out = model(xb)
+                        loss = out.pow(2).mean() if out.shape[-1] != 10 else F.cross_entropy(
+                            out, yb
+                        )  # fmt: skip
+                        loss.backward()
+                        opt.step()
+                        opt.zero_grad()
+                        if handle is not None:
+                            handle.step()
+                    times[s].append((time.thread_time() - t0) / len(batches))
+                    if handle is not None:
+                        handle.close()
+            r = ratios(times)
+            base = statistics.median(times["none"])
+            for s in setups:
+                us = (statistics.median(times[s]) - base) / len(mods) * 1e6
+                rows.append([net, len(mods), s, f"{base * 1e3:.1f}", f"{r[s]:.3f}",
+                             f"{us:.0f}" if s != "none" else ""])  # fmt: skip
+        return rows
+    finally:
+        torch.set_num_threads(threads)
 
 
 def estimator_table(device: str) -> list[list]:
@@ -444,6 +495,9 @@ def main(argv: list[str] | None = None) -> None:
         ("2. Microseconds per hooked call: 100-block MLP (Linear 64 + ReLU), bs 64, 1 thread",
          ["hooked layers", "hooks", "us per hooked call"],
          lambda: per_call_table(rounds, passes)),
+        ("2b. Deep models: training step with every interesting module hooked, 1 thread",
+         ["net", "hooked", "hooks", "ms/step, no hooks", "ratio", "us per hooked layer"],
+         lambda: deep_table(rounds, 10 if args.quick else 30)),
         ("3. Sampled histogram and near-zero fraction vs exact, heavy net, 4 batches",
          ["layer", "values/batch", "mean err / std", "std rel err", "near-zero abs err",
           "hist TV distance"], lambda: estimator_table(args.device)),

@@ -15,12 +15,12 @@ from typing import Any
 
 from torch import nn
 
+from .._recording import Recording
 from .._util import noop
 from ..hooks import Hooks, module_names, select_modules
 from ..learner import Callback, CancelException
 from ..recorder import StatsHooks
-from ..source import Listener, RunStatus
-from ..stats import Alert, RunStats, StatsConfig
+from ..stats import RunStats, StatsConfig
 
 __all__ = ["HooksCallback", "StoreModuleStatsCB"]
 
@@ -67,7 +67,7 @@ class HooksCallback(Callback):
         return len(self.hooks)
 
 
-class StoreModuleStatsCB(Callback):
+class StoreModuleStatsCB(Recording, Callback):
     """Records activation stats of the chosen layers every batch; plots them, feeds widgets.
 
     `mods`: modules or dotted names (resolved in the learner's model at fit start); None:
@@ -129,52 +129,6 @@ class StoreModuleStatsCB(Callback):
             rec.end_fit(error, where=where)
         finally:
             rec.remove()
-
-    # The recorder's API, for this loop.
-    @property
-    def stats(self) -> RunStats:
-        """The recorded stats, up to the last batch (a consistent snapshot)."""
-        return self.recorder.stats
-
-    @property
-    def alerts(self) -> list[Alert]:
-        """Every alert so far, in order."""
-        return self.recorder.alerts
-
-    @property
-    def status(self) -> RunStatus:
-        """Where the run is."""
-        return self.recorder.status
-
-    @property
-    def batches(self) -> int:
-        """Recorded batches so far, across fits: the x axis."""
-        return self.recorder.batches
-
-    @property
-    def should_stop(self) -> bool:
-        """True once a stop was requested for the running fit."""
-        return self.recorder.should_stop
-
-    def request_stop(self, fit_id: int | None = None) -> bool:
-        """Ask the running fit to stop at the next batch boundary."""
-        return self.recorder.request_stop(fit_id)
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Listen to the recorder's events (see `actwidget.source.Source`)."""
-        return self.recorder.subscribe(listener)
-
-    def flush(self) -> None:
-        """Move pending stats of every hooked layer to the host, in one transfer."""
-        self.recorder.flush()
-
-    def reset(self) -> None:
-        """Forget everything recorded (the next fit starts at batch 0)."""
-        self.recorder.reset()
-
-    def save(self, path: str | Path) -> Path:
-        """Save the recorded stats (with layer names, settings, fits, alerts) to `.npz`."""
-        return self.recorder.save(path)
 
     def load(self, path: str | Path) -> RunStats:
         """Replace the recorded stats by those saved in `path`, e.g. to plot an earlier run."""

@@ -19,20 +19,19 @@ from typing import Any
 from torch import nn
 
 from .._interrupt import graceful_sigint
+from .._recording import Recording
 from ..diagnose import AlertConfig
 from ..recorder import StatsHooks
-from ..source import Listener, RunStatus
-from ..stats import Alert, RunStats, StatsConfig
+from ..stats import StatsConfig
 
 __all__ = ["RecorderAdapter", "guard", "guarded", "unguard"]
 
 _MISSING = object()
 
 
-class RecorderAdapter:
-    """Mixin of the loop adapters' `StatsCallback`: owns `self.recorder` and delegates the
-    recorder's API to it, so that `ActivationWidget(cb)`, `cb.stats`, `cb.request_stop()`
-    work on the callback as on a `StatsHooks`.
+class RecorderAdapter(Recording):
+    """Mixin of the loop adapters' `StatsCallback`: owns `self.recorder` (whose API it
+    offers, see `Recording`) and begins and ends its fits.
 
     `with cb: <fit>` ends the fit and removes the hooks however the block exits, for loops
     that do not tell their callbacks about exceptions."""
@@ -106,49 +105,6 @@ class RecorderAdapter:
             self._end_fit(exc)
         finally:
             self.recorder.remove()
-
-    # --- the recorder's API -------------------------------------------------------------
-    @property
-    def stats(self) -> RunStats:
-        """The recorded stats, up to the last batch (a consistent snapshot)."""
-        return self.recorder.stats
-
-    @property
-    def alerts(self) -> list[Alert]:
-        """Every alert so far, in order."""
-        return self.recorder.alerts
-
-    @property
-    def status(self) -> RunStatus:
-        """Where the run is (a `RunStatus`)."""
-        return self.recorder.status
-
-    @property
-    def batches(self) -> int:
-        """Recorded batches so far, across fits: the x axis."""
-        return self.recorder.batches
-
-    @property
-    def should_stop(self) -> bool:
-        """True once a stop was requested for the running fit."""
-        return self.recorder.should_stop
-
-    def request_stop(self, fit_id: int | None = None) -> bool:
-        """Ask the running fit to stop at the next batch boundary (what the widget's Stop
-        calls); False when no fit runs or `fit_id` names another fit."""
-        return self.recorder.request_stop(fit_id)
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Listen to the recorder's events (see `actwidget.source.Source`)."""
-        return self.recorder.subscribe(listener)
-
-    def save(self, path: str | Path) -> Path:
-        """Save the recorded stats (layer names, settings, fits, alerts) to an `.npz` file."""
-        return self.recorder.save(path)
-
-    def reset(self) -> None:
-        """Forget everything recorded (the next fit starts at batch 0)."""
-        self.recorder.reset()
 
 
 def guard(obj: Any, name: str, adapter: RecorderAdapter) -> None:
