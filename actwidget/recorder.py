@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from ._modules import (
     select_modules,
     unsummarizable,
 )
-from ._summary import CallRecord, GradRecord, Probe, build_columns, grad_sums
+from ._summary import CallRecord, GradRecord, Probe, Scratch, build_columns
 from .diagnose import KINDS, AlertConfig, Diagnoser
 from .source import Event, Listener, Listeners, RunState, RunStatus
 from .stats import Alert, Field, RunStats, StatsConfig
@@ -139,6 +139,7 @@ class StatsHooks:
         self.modules: list[nn.Module] = []
         self.names: list[str] = []
         self._probes: list[Probe] = []
+        self._scratch = Scratch()  # exact mode's work buffer, freed when hooks are removed
         self._handles: list[Any] = []
         self._calls: list[int] = []  # recorded-mode calls per layer (for periodicity)
         self._warned: set[int] = set()
@@ -214,7 +215,7 @@ class StatsHooks:
         self.modules, self.names = mods, names
         if not self._probes:
             self._probes = [
-                Probe(i, n, self.config, isinstance(m, CHANNELS_FIRST))
+                Probe(i, n, self.config, isinstance(m, CHANNELS_FIRST), self._scratch)
                 for i, (m, n) in enumerate(zip(mods, names, strict=True))
             ]
             self._calls = [0] * len(mods)
@@ -261,6 +262,7 @@ class StatsHooks:
             self._gen += 1
             for h in handles:
                 h.remove()
+            self._scratch.clear()
 
     def __enter__(self) -> StatsHooks:
         self.attach()
@@ -335,8 +337,13 @@ class StatsHooks:
             self._epoch_step += 1
             self._since_flush += 1
             live = self._dist is None
-            if self._since_flush >= self.flush_every or (
-                live and time.perf_counter() - self._last_flush >= self.flush_interval
+            # The fit's first batch flushes at once: it tells each layer where to centre its
+            # exact sums, which until then subtract a value of their own on every call.
+            first = self._batch == self._fit_start_batch + 1
+            if (
+                first
+                or self._since_flush >= self.flush_every
+                or (live and time.perf_counter() - self._last_flush >= self.flush_interval)
             ):
                 self._flush(from_loop=True)
             self._listeners.emit(Event.BATCH, self)
@@ -442,20 +449,20 @@ class StatsHooks:
             with self._pending_lock:
                 self._pending.append(rec)
             if self._grads and t.requires_grad and torch.is_grad_enabled():
-                t.register_hook(partial(self._on_grad, probe.index, self._batch, self._gen))
+                t.register_hook(partial(self._on_grad, probe, self._batch, self._gen))
         except Exception as e:
             probe.reset()  # e.g. the output moved to another device: plan again next call
             self._warn(probe.index, f"not summarisable ({type(e).__name__}: {e})")
 
-    def _on_grad(self, layer: int, batch: int, gen: int, g: torch.Tensor) -> None:
+    def _on_grad(self, probe: Probe, batch: int, gen: int, g: torch.Tensor) -> None:
         try:
             if gen != self._gen or g is None or g.layout is not torch.strided:
                 return
-            rec = GradRecord(layer, batch, g.numel(), grad_sums(g))
+            rec = probe.backward(g, batch)
             with self._pending_lock:
                 self._pending_grads.append(rec)
         except Exception as e:
-            self._warn(layer, f"gradient not summarisable ({type(e).__name__}: {e})")
+            self._warn(probe.index, f"gradient not summarisable ({type(e).__name__}: {e})")
 
     def _warn(self, layer: int, what: str) -> None:
         if layer in self._warned:
@@ -484,6 +491,7 @@ class StatsHooks:
             self._since_flush = 0
             self._last_flush = time.perf_counter()
             layers, rows = self._columns(calls, grads)
+            self._update_shifts(layers, rows)  # from this rank's own columns
             if self._dist is not None:
                 combined = self._dist.combine(layers, rows)
                 if combined is None:  # not the rank that keeps the global view
@@ -538,7 +546,6 @@ class StatsHooks:
                 name = self.names[int(i)]
                 self._stats.append(name, mine)
                 new[name] = mine
-        self._update_shifts(new)
         if self._sink is not None:
             self._sink.write(new, self.status)
         alerts: list[Alert] = []
@@ -555,17 +562,16 @@ class StatsHooks:
         if alerts:
             self._listeners.emit(Event.ALERT, self)
 
-    def _update_shifts(self, new: Mapping[str, np.ndarray]) -> None:
+    def _update_shifts(self, layers: np.ndarray, rows: np.ndarray) -> None:
         """Centre a layer's exact sums on its mean when the mean dwarfs the spread."""
-        index = {n: i for i, n in enumerate(self.names)}
-        for name, cols in new.items():
-            last = cols[cols[:, Field.COUNT] > 1]
+        for i in np.unique(layers):
+            last = rows[(layers == i) & (rows[:, Field.COUNT] > 1)]
             if not len(last):
                 continue
             c = last[-1]
             mean, var = c[Field.MEAN], c[Field.M2] / (c[Field.COUNT] - 1)
             if np.isfinite(mean) and np.isfinite(var):
-                self._probes[index[name]].shift = float(np.float32(mean)) if (
+                self._probes[int(i)].shift = float(np.float32(mean)) if (
                     mean * mean > 25 * var
                 ) else 0.0  # fmt: skip
 

@@ -124,7 +124,7 @@ SETUPS: dict[str, Callable[[nn.Module, list[nn.Module]], Handle | None]] = {
     "no-op hook": lambda model, mods: _plain(mods, lambda m, i, o: None),
     "o.sum() hook (floor)": lambda model, mods: _plain(mods, _sum_hook),
     "actwidget default": _actwidget(),
-    "default, no gradients": _actwidget(StatsConfig(grads=False)),
+    "default + gradients": _actwidget(StatsConfig(grads=True)),
     "default, no alerts": _actwidget(alerts=False),
     "sampled moments": _actwidget(StatsConfig(exact_moments=False)),
     "all exact": _actwidget(StatsConfig(sample_size=None)),

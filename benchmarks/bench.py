@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import statistics
 import sys
@@ -49,28 +50,43 @@ from _setups import (
 )
 
 
-def train_steps(model, batches, setup: str, mods, opt, warmup: int = 2) -> float:
-    """Seconds per training step (forward, loss, backward, SGD step) with `setup` on."""
-    handle = SETUPS[setup](model, mods)
-    sync = torch.cuda.synchronize if batches[0][0].is_cuda else (lambda: None)
+def timed(handle, one_step, batches, warmup, clock=time.perf_counter, sync=lambda: None) -> float:
+    """Seconds (of `clock`) per call of `one_step(batch)` over `batches`, each followed by
+    `handle.step()`, after `warmup` untimed ones (plans made; a recorder's first batch,
+    which it flushes at once, done). The final flush (`handle.close()`) is timed too."""
     try:
-        for xb, yb in batches[:warmup]:
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            opt.zero_grad()
-        sync()
-        t0 = time.perf_counter()
-        for xb, yb in batches:
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            opt.zero_grad()
+        for b in warmup:
+            one_step(b)
             if handle is not None:
                 handle.step()
         sync()
-        return (time.perf_counter() - t0) / len(batches)
+        t0 = clock()
+        for b in batches:
+            one_step(b)
+            if handle is not None:
+                handle.step()
+        if handle is not None:
+            handle, close = None, handle.close
+            close()
+        sync()
+        return (clock() - t0) / len(batches)
     finally:
         if handle is not None:
             handle.close()
+
+
+def train_steps(model, batches, setup: str, mods, opt, warmup: int = 2) -> float:
+    """Seconds per training step (forward, loss, backward, SGD step) with `setup` on."""
+
+    def one_step(batch) -> None:
+        xb, yb = batch
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+        opt.zero_grad()
+
+    sync = torch.cuda.synchronize if batches[0][0].is_cuda else (lambda: None)
+    handle = SETUPS[setup](model, mods)
+    return timed(handle, one_step, batches, batches[:warmup], sync=sync)
 
 
 def ratios(times: dict[str, list[float]], base: str = "none") -> dict[str, float]:
@@ -126,17 +142,6 @@ def compiled_rows(device: str, rounds: int, n: int) -> list[list]:
              f"{r[s]:.3f}"] for s in setups]  # fmt: skip
 
 
-def _forward_cpu_time(model, x, passes: int, handle) -> float:
-    """Thread CPU seconds per forward pass (no grad)."""
-    with torch.no_grad():
-        t0 = time.thread_time()
-        for _ in range(passes):
-            model(x)
-            if handle is not None:
-                handle.step()
-        return (time.thread_time() - t0) / passes
-
-
 def per_call_table(rounds: int, passes: int) -> list[list]:
     """2: microseconds per hooked call of a deep MLP, forward only, one thread."""
     threads = torch.get_num_threads()
@@ -146,6 +151,11 @@ def per_call_table(rounds: int, passes: int) -> list[list]:
         model = deep_mlp(100)
         x = torch.randn(64, 64)
         relus = [m for m in model if isinstance(m, torch.nn.ReLU)]
+
+        def forward(_) -> None:
+            with torch.no_grad():
+                model(x)
+
         setups = ["none", "no-op hook", "o.sum() hook (floor)", "actwidget default",
                   "sampled moments", "all exact"]  # fmt: skip
         rows = []
@@ -155,10 +165,8 @@ def per_call_table(rounds: int, passes: int) -> list[list]:
             for _ in range(rounds):
                 for s in setups:
                     handle = SETUPS[s](model, mods)
-                    _forward_cpu_time(model, x, 2, handle)  # warm-up: plans, caches
-                    times[s].append(_forward_cpu_time(model, x, passes, handle))
-                    if handle is not None:
-                        handle.close()
+                    clock = time.thread_time
+                    times[s].append(timed(handle, forward, range(passes), range(2), clock))
             base = statistics.median(times["none"])
             for s in setups[1:]:
                 us = (statistics.median(times[s]) - base) / k * 1e6
@@ -175,21 +183,18 @@ def per_layer_training(rounds: int, steps: int, relus) -> list[list]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     batches = make_batches(steps, 64, "cpu", shape=(64,))
     mods = [m for m in model if isinstance(m, torch.nn.ReLU)]
-    setups = ["none", "o.sum() hook (floor)", "actwidget default", "default, no gradients"]
+    setups = ["none", "o.sum() hook (floor)", "actwidget default", "default + gradients"]
     times: dict[str, list[float]] = {s: [] for s in setups}
+
+    def one_step(batch) -> None:
+        model(batch[0]).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
     for _ in range(rounds):
         for s in setups:
             handle = SETUPS[s](model, mods)
-            t0 = time.thread_time()
-            for xb, _ in batches:
-                model(xb).pow(2).mean().backward()
-                opt.step()
-                opt.zero_grad()
-                if handle is not None:
-                    handle.step()
-            times[s].append((time.thread_time() - t0) / steps)
-            if handle is not None:
-                handle.close()
+            times[s].append(timed(handle, one_step, batches, batches[:1], time.thread_time))
     base = statistics.median(times["none"])
     return [[f"{len(mods)}, training step", s,
              f"{(statistics.median(times[s]) - base) / len(mods) * 1e6:.1f}"]
@@ -210,30 +215,27 @@ def deep_table(rounds: int, steps: int) -> list[list]:
             ("100-block MLP", deep_mlp, lambda m: [x for x in m if isinstance(x, torch.nn.ReLU)],
              make_batches(steps, 64, "cpu", shape=(64,))),
         ]  # fmt: skip
-        setups = ["none", "o.sum() hook (floor)", "actwidget default", "default, no gradients"]
+        setups = ["none", "o.sum() hook (floor)", "actwidget default", "default + gradients"]
         for net, make, pick, batches in nets:
             torch.manual_seed(0)
             model = make()
             mods = pick(model)
             opt = torch.optim.SGD(model.parameters(), lr=1e-3)
             times: dict[str, list[float]] = {s: [] for s in setups}
+
+            def one_step(batch, model=model, opt=opt) -> None:
+                xb, yb = batch
+                out = model(xb)
+                loss = out.pow(2).mean() if out.shape[-1] != 10 else F.cross_entropy(out, yb)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+
             for _ in range(rounds):
                 for s in setups:
                     handle = SETUPS[s](model, mods)
-                    t0 = time.thread_time()
-                    for xb, yb in batches:
-                        out = model(xb)
-                        loss = out.pow(2).mean() if out.shape[-1] != 10 else F.cross_entropy(
-                            out, yb
-                        )  # fmt: skip
-                        loss.backward()
-                        opt.step()
-                        opt.zero_grad()
-                        if handle is not None:
-                            handle.step()
-                    times[s].append((time.thread_time() - t0) / len(batches))
-                    if handle is not None:
-                        handle.close()
+                    clock = time.thread_time
+                    times[s].append(timed(handle, one_step, batches, batches[:1], clock))
             r = ratios(times)
             base = statistics.median(times["none"])
             for s in setups:
@@ -363,6 +365,34 @@ def _all_widgets(root):
     return seen
 
 
+class GrowingSource:
+    """A source whose stats grow between redraws, as a live run's do (a `RunStats` given to
+    the widget directly is a finished snapshot)."""
+
+    def __init__(self, stats) -> None:
+        self._stats = stats
+
+    @property
+    def stats(self):
+        return self._stats
+
+    @property
+    def status(self):
+        from actwidget.source import RunState, RunStatus
+
+        return RunStatus(state=RunState.FINISHED, fit=1, batch=self._stats.batches)
+
+    @property
+    def alerts(self) -> list:
+        return self.stats.alerts
+
+    def request_stop(self, fit_id: int | None = None) -> bool:
+        return False
+
+    def subscribe(self, listener):
+        return lambda: None
+
+
 def widget_table() -> list[list]:
     """6a: Python-side time and bytes per redraw, by layers and run length."""
     from actwidget.stats import Field
@@ -372,7 +402,7 @@ def widget_table() -> list[list]:
     for layers in (5, 100):
         for size in (100, 10_000, 100_000):
             stats = synthetic_stats(size, layers)
-            w = ActivationWidget(stats)
+            w = ActivationWidget(GrowingSource(stats))
             comms = []
             for child in _all_widgets(w):
                 child.comm = RecordingComm()
@@ -477,6 +507,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = ap.parse_args(argv)
+    logging.getLogger("actwidget").setLevel(logging.ERROR)  # the alerts of the test nets
     rounds = 3 if args.quick else 9
     steps = {"reference CNN": 20 if args.quick else 100, "heavy CNN": 2 if args.quick else 4}
     passes = 5 if args.quick else 20

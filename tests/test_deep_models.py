@@ -10,6 +10,7 @@ from conftest import no_hooks
 from torch import nn
 
 from actwidget.recorder import StatsHooks
+from actwidget.stats import StatsConfig
 from actwidget.widget import ActivationWidget
 
 HOOKED = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention)
@@ -44,7 +45,9 @@ def train(model, hooks, steps: int, make_batch) -> None:
 def test_transformer_encoder_every_linear_norm_and_attention_per_batch():
     torch.manual_seed(0)
     model = Encoder()
-    hooks = StatsHooks(mod_filter=lambda m: isinstance(m, HOOKED), model=model)
+    hooks = StatsHooks(
+        mod_filter=lambda m: isinstance(m, HOOKED), model=model, config=StatsConfig(grads=True)
+    )
     names = hooks.names
     assert len(names) == 6 * 6 + 1  # per layer: attention, its out_proj, 2 Linear, 2 LayerNorm
     assert "encoder.layers.3.linear1 (Linear)" in names

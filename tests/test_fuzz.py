@@ -49,7 +49,8 @@ FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 SPECIALS = [math.nan, math.inf, -math.inf, F32_MAX, -F32_MAX, 1e-40, -1e-42, 0.0, -0.0, 1e300]
 CONFIGS = {
     "default": StatsConfig(),
-    "exact": StatsConfig(sample_size=None),
+    "default + gradients": StatsConfig(grads=True),
+    "exact": StatsConfig(sample_size=None, grads=True),
     "linear": StatsConfig(hist="linear", bins=16, hist_max=4.0, near_zero=0.25),
     "sampled moments": StatsConfig(exact_moments=False, sample_size=512),
 }
@@ -177,18 +178,18 @@ def wrapped(draw, t: torch.Tensor, later_float: bool = True):
 
 
 # --- the float64 reference -------------------------------------------------------------------
-def sampled(shape: tuple[int, ...], name: str, config: StatsConfig) -> slice:
-    """The positions the recorder samples in an activation (all when it is small)."""
+def sampled(shape: tuple[int, ...], name: str, config: StatsConfig) -> slice | torch.Tensor:
+    """The positions the recorder samples in an activation (all when it is small; in exact
+    mode, those of the 1024 values kept for the moments of a layer with NaN/inf)."""
     n = int(np.prod(shape))
-    if config.sample_size is None or n <= config.sample_size:
+    if n <= (config.sample_size or 1024):
         return slice(0, n, 1)
     return Probe(0, name, config, False).positions(tuple(shape))
 
 
-def effective_size(t: torch.Tensor, where: slice) -> float:
+def effective_size(t: torch.Tensor, where: slice | torch.Tensor) -> float:
     """Kish's effective size of the sample at flat positions `where` of `t`: the positions
-    of a view may hit the same stored value several times (stride-0 dimensions, or a step
-    that divides a dimension of the stored tensor)."""
+    of a view may hit the same stored value several times (stride-0 dimensions)."""
     storage = t.untyped_storage().nbytes() // t.element_size()
     index = torch.as_strided(torch.arange(storage), t.shape, t.stride(), t.storage_offset())
     _, counts = index.reshape(-1)[where].unique(return_counts=True)
@@ -215,6 +216,16 @@ def dead_units(t: torch.Tensor, near_zero: float) -> tuple[int, int] | None:
     return int((u <= near_zero).sum()), u.numel()
 
 
+def centre(s, i: int, own: float) -> float:
+    """What call i's exact sums are centred on: the first batch flushes at once, and its
+    column sets the shift (its mean when the mean dwarfs the std, else 0); until a column
+    with a mean and a std exists, each call centres on its own first sampled value."""
+    if i == 0 or not (np.isfinite(s.mean[0]) and np.isfinite(s.std[0])):
+        return own
+    m = float(s.mean[0])
+    return float(np.float32(m)) if m * m > 25 * float(s.std[0]) ** 2 else 0.0
+
+
 def check_column(s, i: int, t: torch.Tensor, name: str, config: StatsConfig) -> None:
     """Column i of layer stats `s` against float64 arithmetic on the values of `t`."""
     x32 = t.detach().float().reshape(-1)  # as recorded: float32 values
@@ -224,15 +235,17 @@ def check_column(s, i: int, t: torch.Tensor, name: str, config: StatsConfig) -> 
     fin = a[finite]
     bad = n - fin.size
     where = sampled(tuple(t.shape), name, config)
-    k = len(range(n)[where])
+    k = n if isinstance(where, slice) else len(where)
     whole = k == n
     assert s.numel[i] == n
-    shift = float(x32[where.start])
-    check_nonfinite(s.nonfinite[i], a, fin, shift, t.ndim >= 2, whole, config)
+    shift = centre(s, i, float(x32[0 if isinstance(where, slice) else where[0]]))
+    exact_mode = config.sample_size is None  # exact counts, sums over the finite values
+    counted = whole or exact_mode
+    check_nonfinite(s.nonfinite[i], a, fin, shift, t.ndim >= 2, counted, config)
     # Near-zero fraction and histogram (|a| <= near_zero is compared in float32).
     near = np.abs(a) <= np.float32(config.near_zero)
     hist = histogram(np.abs(fin), config) / n
-    if whole:
+    if counted:
         assert s.near_zero[i] == pytest.approx(near.mean(), abs=1e-12)
         edge = 0 if config.hist == "log" else _near_edges(np.abs(fin), config)
         assert np.abs(s.hist[i] / n - hist).sum() <= 2 * edge / n + 1e-12
@@ -260,10 +273,20 @@ def check_column(s, i: int, t: torch.Tensor, name: str, config: StatsConfig) -> 
         if fin.size > 1:
             assert s.std[i] == pytest.approx(fin.std(ddof=1), rel=1e-7, abs=tiny)
         return
-    path = moments_path(a, shift, bad, config)
+    if exact_mode:  # NaN/inf left out of the sums; the first call centred on a finite value
+        path = moments_path(fin, float(np.nan_to_num(shift, posinf=0.0, neginf=0.0)), 0, config)
+    else:
+        path = moments_path(a, shift, bad, config)
     exact_ok = path != "sample" and exact_moments_ok(s.mean[i], s.std[i], fin)
     k_eff = effective_size(t, where) * fin.size / n  # finite values in the sample
-    assert exact_ok or (path != "exact" and sampled_moments_ok(s.mean[i], s.std[i], fin, k_eff))
+    assert exact_ok or (path != "exact" and sampled_moments_ok(s.mean[i], s.std[i], fin, k_eff)), (
+        path,
+        shift,
+        s.mean[i],
+        s.std[i],
+        fin.mean(),
+        fin.std(),
+    )
 
 
 def check_nonfinite(
@@ -301,6 +324,11 @@ def moments_path(a: np.ndarray, shift: float, bad: int, config: StatsConfig) -> 
         return "sample"
     d = a - shift
     s1, s2 = d.sum(), (d * d).sum()
+    underflow = d * d < 1.5e-45  # squares that round to 0 in float32
+    if underflow.all():
+        return "exact"  # s2 is 0 in float32: nothing to lose
+    if underflow.any() and s2 < 1e-30:
+        return "either"
     if s2 > 2 * F32_MAX:
         return "sample"
     if s2 > F32_MAX / 2:

@@ -101,7 +101,7 @@ def test_large_layers_exact_moments_sampled_histogram():
 
 def test_plain_loop_one_column_per_optimizer_step_with_gradients():
     model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 4))
-    with StatsHooks(model, model=model) as hooks:
+    with StatsHooks(model, model=model, config=StatsConfig(grads=True)) as hooks:
         plain_loop(model, hooks, steps=5)
     s = hooks.stats
     assert all(len(layer) == 5 for layer in s.values())
@@ -113,10 +113,18 @@ def test_plain_loop_one_column_per_optimizer_step_with_gradients():
     assert no_hooks(model)
 
 
+def test_gradients_are_off_by_default():
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU())
+    with StatsHooks(model, model=model) as hooks:
+        plain_loop(model, hooks, steps=2)
+    for layer in hooks.stats.values():
+        assert np.isnan(layer.grad_std).all() and np.isnan(layer.grad_abs).all()
+
+
 def test_gradient_stats_equal_torch():
     lin = nn.Linear(5, 7)
     grads = []
-    with StatsHooks([lin]) as hooks:
+    with StatsHooks([lin], config=StatsConfig(grads=True)) as hooks:
         for _ in range(3):
             out = lin(torch.randn(4, 5))
             out.register_hook(lambda g: grads.append(g.clone()))

@@ -285,9 +285,10 @@ def test_follower_events_and_state(tmp_path):
     hooks = StatsHooks(list(model), model=model, run_dir=tmp_path, flush_every=2)
     with hooks:
         hooks.begin_epoch(0, steps=10)
-        plain_loop(model, hooks, steps=4)
+        plain_loop(model, hooks, steps=5)
         wait_event(Event.FIT_START)
-        wait_until("the 4 batches", lambda: follower.status.batch >= 4)  # flushed every 2
+        # flushed after the first batch, then every 2
+        wait_until("the 5 batches", lambda: follower.status.batch >= 5)
         st = follower.status
         assert st.state is RunState.RUNNING and st.stoppable and st.fit_id == hooks.status.fit_id
         assert st.epoch == 0 and st.epoch_steps == 10

@@ -106,7 +106,7 @@ def sent_floats(w: ActivationWidget) -> list[tuple[str, np.ndarray]]:
 # --- a live fit ---------------------------------------------------------------------------
 def test_widget_follows_a_fit_and_ends_finished():
     model = tiny_model()
-    cb = StoreModuleStatsCB(mods=[model[1], model[3]])
+    cb = StoreModuleStatsCB(mods=[model[1], model[3]], config=StatsConfig(grads=True))
     w = ActivationWidget(cb, interval=0)
     assert w.state == "waiting" and "waiting" in w.header.value
     seen = []
@@ -128,6 +128,16 @@ def test_widget_follows_a_fit_and_ends_finished():
     assert w.heatmaps.maps["1 (ReLU)"].heat.color.shape == (34, 8)  # bins x batches
     assert w.overview.heat.color.shape == (2, 8)  # layers x batches
     assert "epoch 1/1" in w.header.value and "finished" in w.header.value
+    assert w.charts.figures["grad_std"].title == "Gradient std"
+
+
+def test_the_gradient_chart_says_when_gradients_are_not_recorded():
+    model = tiny_model()
+    cb = StoreModuleStatsCB(mods=[model[1]])  # the default: no gradient stats
+    w = ActivationWidget(cb, interval=0)
+    fit(model, [cb])
+    assert w.charts.figures["grad_std"].title == "Gradient std (grads=False)"
+    assert w.charts.figures["mean"].title == "Mean"
 
 
 def test_arrays_cross_as_binary_buffers_not_lists():
@@ -167,6 +177,36 @@ def test_a_new_widget_on_the_same_source_replaces_the_old_one():
     before = widgets[-1].redraws
     fit(model, [cb])  # a closed widget draws nothing more
     assert widgets[-1].redraws == before
+
+
+def test_close_waits_for_a_draw_in_flight(monkeypatch, caplog):
+    model = tiny_model()
+    cb = StoreModuleStatsCB(mods=[model[1]])
+    fit(model, [cb])
+    w = ActivationWidget(cb, interval=0)
+    order, started, release = [], threading.Event(), threading.Event()
+    draw = w.painter.draw
+
+    def slow_draw(*args):  # e.g. the final redraw, on its own thread, as close() is called
+        started.set()
+        assert release.wait(10)
+        out = draw(*args)
+        order.append("draw ended")
+        return out
+
+    monkeypatch.setattr(w.painter, "draw", slow_draw)
+    close_parts = w._close_parts
+    monkeypatch.setattr(w, "_close_parts", lambda: (order.append("parts closed"), close_parts()))
+    t = threading.Thread(target=w._final_redraw)
+    t.start()
+    assert started.wait(10)
+    threading.Timer(0.1, release.set).start()
+    w.close()  # waits for the draw, then closes what it drew into
+    t.join(10)
+    assert order == ["draw ended", "parts closed"]
+    assert not any("failed to draw" in r.getMessage() for r in caplog.records)
+    w._final_redraw()  # a closed widget draws nothing
+    assert order == ["draw ended", "parts closed"]
 
 
 def test_a_drawing_error_never_stops_training(monkeypatch, caplog):

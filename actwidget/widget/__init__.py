@@ -181,6 +181,20 @@ class ActivationWidget(widgets.VBox):
         unsubscribe = getattr(self, "_unsubscribe", None)
         if unsubscribe is not None:
             unsubscribe()
+        # A draw in flight (e.g. the final one, on its own thread) ends before the parts
+        # close under it; later ones see `_closed`. Bounded, in case a draw hangs.
+        lock = getattr(self, "_lock", None)
+        held = (
+            lock is not None and self._owner != threading.get_ident() and lock.acquire(timeout=5.0)
+        )
+        try:
+            self._close_parts()
+        finally:
+            if held:
+                lock.release()
+        super().close()
+
+    def _close_parts(self) -> None:
         for part in ("charts", "heatmaps"):
             if getattr(self, part, None) is not None:
                 getattr(self, part).close()
@@ -190,7 +204,6 @@ class ActivationWidget(widgets.VBox):
                 (obj.picker if w == "layers" else obj).close()
         if getattr(self, "overview", None) is not None:
             self.overview.figure.close()
-        super().close()
 
     # Events from the source (often in the training thread).
     def _on_event(self, event: Event, source: Source) -> None:
@@ -278,6 +291,8 @@ class ActivationWidget(widgets.VBox):
                 self._lock.release()
 
     def _draw(self, heatmaps: bool, force: bool, overview: bool) -> None:
+        if self._closed:
+            return
         t0 = time.perf_counter()
         stats = self.source.stats
         if stats.version == self._version and not force:

@@ -72,12 +72,15 @@ class Painter:
             ref_vals = {k: values(ref_layers, k).reshape(len(ref_names), grid.count) for k in keys}
         mine = runs_to_bands(nonfinite(layers).reshape(len(names), grid.count).any(axis=0), grid)
         colors = self.layers.colors_of
+        flags = {s.needs for s in SERIES if s.needs}
+        recorded = frozenset(f for f in flags if getattr(stats.config, f, True))
         return Frame(
             grid=grid, x=grid.x, names=names, colors=colors(names), values=vals,
             ref_x=grid.x, ref_names=ref_names, ref_colors=colors(ref_names), ref_values=ref_vals,
             marked=Marked(
                 rows(band_union(mine, self.bands), 0.0, 1.0), fits(stats), alert_batches(stats)
             ),
+            recorded=recorded,
         )  # fmt: skip
 
     def draw_overview(self, stats: RunStats, end: int, width: int) -> None:

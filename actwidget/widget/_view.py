@@ -31,13 +31,14 @@ class Series(NamedTuple):
     title: str
     log: bool
     bounds: tuple[float, float] | None = None
+    needs: str | None = None  # the StatsConfig flag that records it (the title says so if off)
 
 
 SERIES = [
     Series("mean", "Mean", False),
     Series("std", "Std", True),
     Series("near_zero", "Near-zero fraction", False, (0.0, 1.0)),
-    Series("grad_std", "Gradient std", True),
+    Series("grad_std", "Gradient std", True, needs="grads"),
 ]
 
 
@@ -55,6 +56,7 @@ class Frame(NamedTuple):
     ref_colors: list[str]
     ref_values: dict[str, np.ndarray]
     marked: Marked
+    recorded: frozenset[str] = frozenset()  # the `Series.needs` flags the run has on
 
 
 def chart_grid(items: list[widgets.Widget], min_width: str = "300px") -> widgets.GridBox:
@@ -137,7 +139,9 @@ class LineChart:
         off = int(c.above.sum() + c.below.sum())
         empty = len(frame.names) and not np.isfinite(ys).any()
         title = self.series.title + (f" ({off} off scale)" if off else "")
-        set_if_changed(self.figure, title=title + (" (no data)" if empty else ""))
+        needs = self.series.needs
+        why = f"{needs}=False" if needs and needs not in frame.recorded else "no data"
+        set_if_changed(self.figure, title=title + (f" ({why})" if empty else ""))
         set_if_changed(self.y, min=r.lo, max=r.hi)
         ticks = log_ticks(r.lo, r.hi) if self.log else nice_ticks(r.lo, r.hi, 6)
         set_if_changed(self.y_axis, tick_values=ticks)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 import lightning.pytorch as pl
-from actwidget import CNN, ActivationWidget
+from actwidget import CNN, ActivationWidget, StatsConfig
 from actwidget.integrations.lightning import StatsCallback
 
 torch.set_num_threads(1)  # 2 shared cores: leave one to the browser and the server
@@ -73,7 +73,8 @@ torch.manual_seed(0)
 ds = TensorDataset(torch.randn(64 * 100, 1, 28, 28), torch.randint(0, 10, (64 * 100,)))
 dl = DataLoader(ds, batch_size=64, shuffle=True)
 module = Classifier()
-cb = StatsCallback(mods=module.model.layers, alerts=False)  # output: only the cell's prints
+# output: only the cell's prints; gradients too, so that every chart has a line per layer
+cb = StatsCallback(mods=module.model.layers, alerts=False, config=StatsConfig(grads=True))
 clock = BatchClock()
 print("setup done")
 """

@@ -71,7 +71,7 @@ dls = DataLoaders(synthetic(64 * 100, shuffle=True), synthetic(64 * 10))
 model = CNN()
 # No alert rules here (this CNN at lr 0.1 soon raises a "vanishing" alert, whose layer then
 # joins the picker's selection while the test clicks it); test_diverging_run has alerts.
-cb = StoreModuleStatsCB(mods=model.layers, alerts=False)
+cb = StoreModuleStatsCB(mods=model.layers, alerts=False, config=StatsConfig(grads=True))
 clock = BatchClock()
 print("setup done")
 """
