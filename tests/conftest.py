@@ -3,6 +3,7 @@ outputs, and the plain float64 computation that recorded stats are checked again
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -74,6 +75,15 @@ def assert_exact(layer, outs, config: StatsConfig = EXACT) -> None:
     assert len(layer) == len(outs)
     for i, out in enumerate(outs):
         assert_column(layer, i, [out], config)
+
+
+def click_stop(widget) -> None:
+    """What the browser's Stop does: the front end's stop message for the running fit,
+    handled off the training thread (as the kernel's comm thread would)."""
+    msg = {"type": "stop", "run": widget.stop_button.run_id}
+    t = threading.Thread(target=widget.stop_button._handle_stop_msg, args=(None, msg, []))
+    t.start()
+    t.join()
 
 
 def no_hooks(model: nn.Module) -> bool:

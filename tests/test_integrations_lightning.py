@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import EXACT, Capture, assert_column, no_hooks, tiny_cnn, tiny_dls
+from conftest import EXACT, Capture, assert_column, click_stop, no_hooks, tiny_cnn, tiny_dls
 
 from actwidget import ActivationWidget
 from actwidget.integrations.lightning import StatsCallback
@@ -164,10 +164,7 @@ def test_the_widget_follows_the_fit_and_its_stop_ends_it(tmp_path):
     def click_stop_at_2(i):
         seen.append((w.state, w.stop_button.running))
         if i == 2:  # the front end's stop message, handled off the training thread
-            msg = {"type": "stop", "run": w.stop_button.run_id}
-            t = threading.Thread(target=w.stop_button._handle_stop_msg, args=(None, msg, []))
-            t.start()
-            t.join()
+            click_stop(w)
 
     fit(model, [AtBatchEnd(click_stop_at_2), cb], tmp_path, epochs=2)
     assert set(seen) == {("running", True)}

@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import EXACT, Capture, assert_column, no_hooks, tiny_cnn
+from conftest import EXACT, Capture, assert_column, click_stop, no_hooks, tiny_cnn
 from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
@@ -201,10 +201,7 @@ def test_the_widget_follows_the_fit_and_its_stop_ends_it(tmp_path):
     def click_stop_at_2(step):
         seen.append((w.state, w.stop_button.running))
         if step == 2:  # the front end's stop message, handled off the training thread
-            msg = {"type": "stop", "run": w.stop_button.run_id}
-            t = threading.Thread(target=w.stop_button._handle_stop_msg, args=(None, msg, []))
-            t.start()
-            t.join()
+            click_stop(w)
 
     trainer(model, [AtStepEnd(click_stop_at_2), cb], tmp_path, epochs=2).train()
     assert set(seen) == {("running", True)}

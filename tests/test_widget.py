@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Every, fit, tiny_dls
+from conftest import Every, click_stop, fit, tiny_dls
 from conftest import tiny_cnn as tiny_model
 from ipywidgets.widgets.widget import _remove_buffers
 from torch import nn
@@ -465,12 +465,7 @@ def test_stop_message_from_another_thread_ends_fit_at_next_batch():
     def click_once(learn):
         if learn.iter == 2 and not stopped.is_set():
             stopped.set()
-            t = threading.Thread(
-                target=w.stop_button._handle_stop_msg,
-                args=(w.stop_button, {"type": "stop", "run": w.stop_button.run_id}, []),
-            )
-            t.start()
-            t.join()
+            click_stop(w)
 
     learn = fit(model, [cb, Every(click_once)], epochs=2)
     assert sent == [{"type": "stop_ack", "run": cb.status.fit_id, "accepted": True}]
