@@ -67,11 +67,15 @@ def unsummarizable(t: torch.Tensor | None) -> str | None:
 def select_modules(
     model: nn.Module | None, mods: Any = None, mod_filter: Callable[[nn.Module], Any] | None = None
 ) -> list[nn.Module]:
-    """The modules to hook.
+    """The modules to hook, each once, in the order given.
 
-    `mods`: a module (a Sequential / ModuleList / ModuleDict means its children), dotted
-    names in `model` ("layers.0"), or a list of either. None: every module of `model` for
-    which `mod_filter` is truthy (default: the leaf modules, those without children).
+    `mods`: a module, a dotted name in `model` ("layers.0"), or any iterable of them (a list,
+    a generator such as `model.children()`). A container given alone (a Sequential,
+    ModuleList or ModuleDict, as an object or by name) means its children; inside a list,
+    every module means itself. None: every module of `model` for which `mod_filter` is
+    truthy (default: the leaf modules, those without children). Raises `TypeError` /
+    `ValueError` naming the problem (an empty selection, a name the model lacks, a module
+    given twice).
     """
     if mods is None:
         if model is None:
@@ -81,33 +85,50 @@ def select_modules(
         if not chosen:
             raise ValueError("mod_filter selected no modules of the model: nothing to hook")
         return chosen
-    if isinstance(mods, (nn.Sequential, nn.ModuleList)):
-        chosen: list[Any] = list(mods)
-    elif isinstance(mods, nn.ModuleDict):
-        chosen = list(mods.values())
-    elif isinstance(mods, (str, nn.Module)):
-        chosen = [mods]
-    elif isinstance(mods, Iterable):
-        chosen = [m for m in mods]
+    if isinstance(mods, (str, nn.Module)):
+        alone = _resolve(model, mods)
+        chosen: list[Any] = _children(alone) if isinstance(alone, _CONTAINERS) else [alone]
+    elif isinstance(mods, Iterable) and not isinstance(mods, (bytes, Mapping)):
+        chosen = [_resolve(model, m) for m in mods]
     else:
         raise TypeError(f"mods must be modules or dotted names, got {type(mods).__name__}")
-    if len(chosen) == 1 and isinstance(chosen[0], (nn.Sequential, nn.ModuleList)):
-        chosen = list(chosen[0])
     if not chosen:
         raise ValueError("mods is empty: nothing to hook")
-    out = []
+    seen: set[int] = set()
     for m in chosen:
-        if isinstance(m, str):
-            if model is None:
-                raise ValueError(f"mods names {m!r}: give the model to resolve it in")
-            try:
-                m = model.get_submodule(m)
-            except AttributeError as e:
-                raise ValueError(f"the model has no module {m!r} ({e})") from None
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"mods must be torch.nn.Module objects or names, got {m!r}")
-        out.append(m)
-    return out
+        if id(m) in seen:
+            raise ValueError(f"mods lists {type(m).__name__} module {_label(model, m)} twice")
+        seen.add(id(m))
+    return chosen
+
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _children(m: nn.Module) -> list[nn.Module]:
+    return list(m.values()) if isinstance(m, nn.ModuleDict) else list(m)
+
+
+def _resolve(model: nn.Module | None, m: Any) -> nn.Module:
+    """A module given as itself or as a dotted name in `model`."""
+    if isinstance(m, str):
+        if model is None:
+            raise ValueError(f"mods names {m!r}: give the model to resolve it in")
+        try:
+            return model.get_submodule(m)
+        except AttributeError as e:
+            raise ValueError(f"the model has no module {m!r} ({e})") from None
+    if not isinstance(m, nn.Module):
+        raise TypeError(f"mods must be torch.nn.Module objects or names, got {m!r}")
+    return m
+
+
+def _label(model: nn.Module | None, m: nn.Module) -> str:
+    if model is not None:
+        for name, sub in model.named_modules():
+            if sub is m:
+                return repr(name or "model")
+    return "(the same object)"
 
 
 def module_names(model: nn.Module | None, mods: Sequence[nn.Module]) -> list[str]:

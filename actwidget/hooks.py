@@ -67,8 +67,9 @@ class Hooks(list):
 class StoreModuleStats(StatsHooks):
     """The course's one-module recorder: mean, std and |a| histogram of every forward call.
 
-    Each recorded call is one column; `moments`, `hists` and `plot(ax0, ax1, label)` read
-    them as the course notebooks do.
+    As the course's hooks do, it attaches when built (`remove()` or a `with` block removes
+    it). Each recorded call is one column; `moments`, `hists` and `plot(ax0, ax1, label)`
+    read them as the course notebooks do.
     """
 
     def __init__(
@@ -81,21 +82,18 @@ class StoreModuleStats(StatsHooks):
         name: str | None = None,
         config: StatsConfig | None = None,
     ) -> None:
-        self._seen = 0
         super().__init__(
-            [m], on_train=on_train, on_valid=on_valid, periodicity=periodicity, config=config
-        )
+            [m], on_train=on_train, on_valid=on_valid, periodicity=periodicity, config=config,
+            alerts=False, auto_step=False,
+        )  # fmt: skip
+        self._taps.after_call = self.step  # one column per call
+        self.attach()
         if name is not None:
-            self.names = [name]
+            self._taps.taps[0].name = name
+            self._sinks.names[:] = [name]
             self._stats.clear()
             self._stats.layer(name)
         self.name = self.names[0]
-
-    def _on_forward(self, probe: Any, module: nn.Module, inputs: Any, output: Any) -> None:
-        before = self._batch_calls
-        super()._on_forward(probe, module, inputs, output)
-        self._seen += self._batch_calls - before
-        self.step()  # one column per call
 
     @property
     def module(self) -> nn.Module:
@@ -105,11 +103,11 @@ class StoreModuleStats(StatsHooks):
     @property
     def calls(self) -> int:
         """Forward calls seen in a recorded mode (before `periodicity` skips some)."""
-        return self._seen
+        return self._taps.taps[0].calls
 
     @property
     def layer_stats(self) -> LayerStats:
-        """This layer's recorded series (flushed first)."""
+        """This layer's recorded series."""
         return self.stats[self.name]
 
     @property

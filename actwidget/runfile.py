@@ -39,9 +39,47 @@ from ._follow import RunFollower
 from .source import RunState, RunStatus
 from .stats import Alert, FitMark, LayerStats, RunStats, StatsConfig, StatsFileError
 
-__all__ = ["RunFollower", "RunWriter", "read_run", "request_stop"]
+__all__ = ["RunFollower", "RunWriter", "check_run_dir", "read_run", "request_stop"]
 
 CHECK_INTERVAL = db.CHECK_INTERVAL
+_OPEN: set[Path] = set()  # run directories a writer of this process holds
+_OPEN_LOCK = threading.Lock()
+
+
+def check_run_dir(path: str | os.PathLike) -> Path:
+    """`path` as a run directory this process could write, or a one-line error saying why
+    not (a file, under a file, not writable, a file that is not a run, another writer).
+    Creates nothing."""
+    p = Path(path).expanduser()
+    for parent in [p, *p.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                what = "is a file" if parent == p else f"is under a file ({parent})"
+                raise ValueError(f"run_dir {str(p)!r} {what}: give a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"run_dir {str(p)!r}: {parent} is not writable")
+            break
+    file = db.db_path(p)
+    if file.exists():
+        try:
+            conn = db.connect(p)
+            try:
+                db.read_state(conn)
+            finally:
+                conn.close()
+        except (sqlite3.DatabaseError, StatsFileError) as e:
+            if "no such table" not in str(e):
+                raise ValueError(
+                    f"run_dir {str(p)!r}: {db.DB_NAME} is not an actwidget run ({e}); delete "
+                    "it or give another run_dir"
+                ) from None
+    with _OPEN_LOCK:
+        if p.resolve() in _OPEN:
+            raise RuntimeError(
+                f"run_dir {str(p)!r} is being written by another recorder in this process; "
+                "give this one another run_dir"
+            )
+    return p
 
 
 class RunWriter:
@@ -60,21 +98,27 @@ class RunWriter:
         stats: RunStats | None = None,
         check_interval: float = CHECK_INTERVAL,
     ) -> None:
-        self.path = Path(path)
+        self.path = check_run_dir(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.config, self.names = config, list(names)
         self.check_interval = check_interval
         self._lock = threading.Lock()
-        self._conn = db.connect(self.path, create=True)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")  # a process crash loses nothing
-        self._conn.execute(f"PRAGMA journal_size_limit = {8 << 20}")
-        self._conn.executescript(db.SCHEMA)
         self._fit_id: int | None = None  # the running fit's id (None: none runs)
         self._stop_floor = 0  # stop requests up to this id predate the running fit
         self._stop_seen = False
         self._next_check = 0.0
-        self._start(stats)
+        self._conn = db.connect(self.path, create=True)
+        with _OPEN_LOCK:
+            _OPEN.add(self.path.resolve())
+        try:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")  # a process crash loses nothing
+            self._conn.execute(f"PRAGMA journal_size_limit = {8 << 20}")
+            self._conn.executescript(db.SCHEMA)
+            self._start(stats)
+        except BaseException:
+            self.close()
+            raise
 
     def _start(self, stats: RunStats | None) -> None:
         self._layers = [LayerStats(n, self.config) for n in self.names]
@@ -236,9 +280,11 @@ class RunWriter:
         self._start(None)
 
     def close(self) -> None:
-        """Close the database (what was written stays)."""
+        """Close the database (what was written stays); the directory is free again."""
         with self._lock:
             self._conn.close()
+        with _OPEN_LOCK:
+            _OPEN.discard(self.path.resolve())
 
 
 def read_run(path: str | Path) -> RunStats:

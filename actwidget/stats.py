@@ -444,7 +444,22 @@ class RunStats(Mapping[str, LayerStats]):
         self.version = 0  # bumped on every change, so viewers can tell when to redraw
 
     def __getitem__(self, name: str) -> LayerStats:
-        return self._layers[name]
+        try:
+            return self._layers[name]
+        except KeyError:
+            known = ", ".join(repr(n) for n in self._layers) or "none recorded yet"
+            raise KeyError(f"no layer {name!r} in these stats; layers: {known}") from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles and copies: everything but the lock (a copy gets its own)."""
+        with self.lock:
+            state = dict(self.__dict__)
+        del state["lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._layers))
@@ -611,5 +626,10 @@ def _check_columns(cols: Any, config: StatsConfig, name: str, source: str) -> np
         order = np.r_[False, first[1:] <= last[:-1]] | (first > last)
         first_bad(order[:, None], ["STEP_FIRST"], "batch indices overlap or go backwards")
         m2 = cols[:, [Field.M2, Field.G_M2]]
-        first_bad(m2 < 0, ["M2", "G_M2"], "a negative sum of squares")
+        first_bad(
+            ~(np.isfinite(m2) & (m2 >= 0)), ["M2", "G_M2"], "not a finite sum of squares >= 0"
+        )
+        means = cols[:, [Field.MEAN, Field.G_MEAN]]
+        counted = cols[:, [Field.COUNT, Field.G_COUNT]] > 0
+        first_bad(counted & ~np.isfinite(means), ["MEAN", "G_MEAN"], "not a finite mean")
     return cols

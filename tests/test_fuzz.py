@@ -8,19 +8,18 @@ backward pass. Whatever it is, the hooks never raise inside the forward (nor whe
 ends, nor warn); what cannot be summarised is skipped with one warning naming the layer;
 what is recorded matches float64 arithmetic on the same values within the documented bounds:
 
-- numel exact. NaN/inf count: exact up to `sample_size` values; above, 0 when there is
-  none and >= 1 when there is any (NaN/+inf via the batch maxima of 2-d+ outputs, anything
-  via the exact sum), except where float32 sums may overflow (finite values near float32's
-  max) or with `exact_moments=False` (then a 1-d output's NaN/inf shows only if sampled).
-- mean, std: up to `sample_size` values (and `sample_size=None`) float64 over every value
-  (1e-9 relative). Above, float32 sums over the whole activation, centred on a sampled
-  value: rounding only (measured: mean within 1e-7 of the spread, std within 5e-6 relative;
-  allowed 1e-6 and 1e-4), unless the activation holds NaN/inf, the sums overflow, or float32
-  cannot hold the spread next to the offset: then, as with `exact_moments=False`, from the
-  sample (within the values' range, and within Z standard errors when no outlier dominates).
-- near-zero fraction and |a| histogram: exact up to `sample_size` values; above, from the
-  strided sample, scaled: within Z standard errors of its effective size.
-- dead units: exact (per-position maxima over the batch).
+- numel exact. NaN/inf count: exact up to `sample_size` values and in exact mode; above, >= 1
+  exactly when there is any (a NaN/inf makes its run's partial sum non-finite), else 0 (or
+  >= 1 where float32 partial sums of finite values overflow: values near float32's max).
+- mean, std: float32 partial sums of runs of at most 16384 values, added in float64, centred
+  on a shift: within 1e-6 of the spread (mean) and 2e-6 relative (std) of float64 over every
+  value. Where the activation holds NaN/inf (default mode), squares overflow float32, or the
+  sums cannot resolve the spread next to the offset, from the sample (two-pass float64: exact
+  when the sample is the whole activation; else within Z standard errors).
+- near-zero fraction and |a| histogram: exact up to `sample_size` values and in exact mode;
+  above, from the stratified sample, scaled: within Z standard errors of its effective size.
+- dead units: per unit (channels of 4-d+ outputs, else the last dimension), in calls whose
+  sampled values are all >= 0: units whose total is at most 1e-4 of the mean unit's.
 Values are summarised as float32 (float64 ones beyond its range count as non-finite;
 |a| <= near_zero is compared in float32).
 """
@@ -37,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from actwidget._summary import Probe
+from actwidget.estimator import DEAD_BELOW, FALLBACK_SAMPLE, jitter, next_shift, plan
 from actwidget.recorder import StatsHooks
 from actwidget.stats import StatsConfig
 
@@ -179,12 +178,13 @@ def wrapped(draw, t: torch.Tensor, later_float: bool = True):
 
 # --- the float64 reference -------------------------------------------------------------------
 def sampled(shape: tuple[int, ...], name: str, config: StatsConfig) -> slice | torch.Tensor:
-    """The positions the recorder samples in an activation (all when it is small; in exact
-    mode, those of the 1024 values kept for the moments of a layer with NaN/inf)."""
+    """The flat positions the recorder samples in an activation (all when it is small; in
+    exact mode, the 1024 values kept for the sign test and the moments' fallback)."""
     n = int(np.prod(shape))
-    if n <= (config.sample_size or 1024):
+    k = config.sample_size or FALLBACK_SAMPLE
+    if n <= k:
         return slice(0, n, 1)
-    return Probe(0, name, config, False).positions(tuple(shape))
+    return (jitter(name, k) * (n / k)).long().clamp(max=n - 1)
 
 
 def effective_size(t: torch.Tensor, where: slice | torch.Tensor) -> float:
@@ -206,42 +206,60 @@ def histogram(a: np.ndarray, config: StatsConfig) -> np.ndarray:
     return np.bincount(b.astype(np.int64), minlength=config.bins).astype(float)
 
 
-def dead_units(t: torch.Tensor, near_zero: float) -> tuple[int, int] | None:
-    """(dead, units) of an output: channels (dim 1) of 4-d+ outputs, else the last dim."""
-    if t.ndim < 2:
-        return None
-    peaks = t.float().reshape(t.shape[0], -1).amax(0)
-    channels = t.ndim >= 4
-    u = peaks.view(t.shape[1], -1).amax(1) if channels else peaks.view(-1, t.shape[-1]).amax(0)
-    return int((u <= near_zero).sum()), u.numel()
+def dead_units(x32: torch.Tensor, sample: np.ndarray) -> float:
+    """The dead-unit fraction of one call: NaN unless its sampled values are all >= 0;
+    else the units (channels of 4-d+ outputs, else the last dim) whose total is at most
+    DEAD_BELOW x the mean unit's."""
+    if x32.ndim < 2 or not (sample.size and sample.min() >= 0):
+        return math.nan
+    a = x32.double()
+    per = a.transpose(0, 1).reshape(a.shape[1], -1) if a.ndim >= 4 else a.reshape(-1, a.shape[-1]).T
+    sums = per.sum(1)
+    return float((sums <= DEAD_BELOW * sums.sum() / len(sums)).double().mean())
 
 
-def centre(s, i: int, own: float) -> float:
-    """What call i's exact sums are centred on: the first batch flushes at once, and its
-    column sets the shift (its mean when the mean dwarfs the std, else 0); until a column
-    with a mean and a std exists, each call centres on its own first sampled value."""
-    if i == 0 or not (np.isfinite(s.mean[0]) and np.isfinite(s.std[0])):
-        return own
-    m = float(s.mean[0])
-    return float(np.float32(m)) if m * m > 25 * float(s.std[0]) ** 2 else 0.0
+def shifts(tensors: list[torch.Tensor], s, name: str, config: StatsConfig) -> list[float]:
+    """What each call's sums were centred on: the first call on its first sampled value
+    (NaN/inf: 0); later ones where `estimator.next_shift` moved it after each batch."""
+    out: list[float] = []
+    current: float | None = None
+    first = 0.0
+    for i, t in enumerate(tensors):
+        x = t.detach().float().reshape(-1)
+        if i == 0:
+            where = sampled(tuple(t.shape), name, config)
+            v = float(x[0 if isinstance(where, slice) else where[0]])
+            first = v if math.isfinite(v) else 0.0
+        out.append(first if current is None else current)
+        if i < len(s):
+            n = s.numel[i] - s.nonfinite[i]
+            var = float(s.std[i]) ** 2 if n > 1 else math.nan
+            new = next_shift(current, float(s.mean[i]), var, n > 1)
+            current = new if new is not None else current
+    return out
 
 
-def check_column(s, i: int, t: torch.Tensor, name: str, config: StatsConfig) -> None:
+def check_column(s, i: int, t: torch.Tensor, name: str, config: StatsConfig, shift: float):
     """Column i of layer stats `s` against float64 arithmetic on the values of `t`."""
-    x32 = t.detach().float().reshape(-1)  # as recorded: float32 values
-    a = x32.double().numpy()
+    x32 = t.detach().float()
+    a = x32.reshape(-1).double().numpy()
     n = a.size
     finite = np.isfinite(a)
     fin = a[finite]
     bad = n - fin.size
     where = sampled(tuple(t.shape), name, config)
-    k = n if isinstance(where, slice) else len(where)
-    whole = k == n
-    assert s.numel[i] == n
-    shift = centre(s, i, float(x32[0 if isinstance(where, slice) else where[0]]))
-    exact_mode = config.sample_size is None  # exact counts, sums over the finite values
+    sample = a[where]
+    whole = isinstance(where, slice)
+    exact_mode = config.sample_size is None
     counted = whole or exact_mode
-    check_nonfinite(s.nonfinite[i], a, fin, shift, t.ndim >= 2, counted, config)
+    assert s.numel[i] == n
+    huge = np.abs(fin).max(initial=0) >= 1e30  # float32 partial sums may overflow
+    if counted:
+        assert s.nonfinite[i] == bad
+    elif bad:
+        assert 1 <= s.nonfinite[i] <= n
+    else:
+        assert s.nonfinite[i] == 0 or huge
     # Near-zero fraction and histogram (|a| <= near_zero is compared in float32).
     near = np.abs(a) <= np.float32(config.near_zero)
     hist = histogram(np.abs(fin), config) / n
@@ -259,95 +277,81 @@ def check_column(s, i: int, t: torch.Tensor, name: str, config: StatsConfig) -> 
         got = s.hist[i] / n
         for b in range(config.bins):
             assert within(got[b], hist[b]), (b, got[b], hist[b])
-    # Dead units: exact.
-    du = dead_units(t.detach(), float(np.float32(config.near_zero)))
-    if du is not None and not np.isnan(a).any():
-        assert s.dead[i] == pytest.approx(du[0] / du[1])
+    # Dead units (not judged where a value may be NaN: a NaN unit is not dead).
+    if finite.all():
+        want = dead_units(x32, sample)
+        assert (math.isnan(want) and np.isnan(s.dead[i])) or s.dead[i] == pytest.approx(want)
     # Mean and std of the finite values.
     if fin.size == 0:
         assert np.isnan(s.mean[i])
         return
-    if whole:  # float64 two-pass over every value
-        tiny = 1e-12 * np.abs(fin).max()  # float64 rounding, relative to the largest value
-        assert s.mean[i] == pytest.approx(fin.mean(), rel=1e-9, abs=tiny)
-        if fin.size > 1:
-            assert s.std[i] == pytest.approx(fin.std(ddof=1), rel=1e-7, abs=tiny)
+    path = moments_path(x32, a, shift, bad and not exact_mode)
+    offset = (
+        0.0 if whole or exact_mode else float((fin.mean() - shift) ** 2 / max(fin.var(), 1e-300))
+    )
+    if path != "sample" and exact_moments_ok(s.mean[i], s.std[i], fin, offset):
         return
-    if exact_mode:  # NaN/inf left out of the sums; the first call centred on a finite value
-        path = moments_path(fin, float(np.nan_to_num(shift, posinf=0.0, neginf=0.0)), 0, config)
-    else:
-        path = moments_path(a, shift, bad, config)
-    exact_ok = path != "sample" and exact_moments_ok(s.mean[i], s.std[i], fin)
-    k_eff = effective_size(t, where) * fin.size / n  # finite values in the sample
-    assert exact_ok or (path != "exact" and sampled_moments_ok(s.mean[i], s.std[i], fin, k_eff)), (
+    assert path != "exact", (
         path,
         shift,
         s.mean[i],
         s.std[i],
         fin.mean(),
-        fin.std(),
+        fin.std(ddof=1),
+        a.tolist(),
+        s.columns[i][:12].tolist(),
     )
-
-
-def check_nonfinite(
-    got: float, a: np.ndarray, fin: np.ndarray, shift: float, units: bool, whole: bool,
-    config: StatsConfig,
-) -> None:  # fmt: skip
-    """NaN/inf: exact when whole; else 0 when there is none and >= 1 when there is any:
-    NaN and +inf show in the batch maxima of outputs with units (2-d and more), anything
-    in the exact sum (unless it may overflow: finite values near float32's max, where a
-    -inf may go unseen and huge finite values may read as one NaN/inf)."""
-    bad = a.size - fin.size
-    if whole:
-        assert got == bad
+    if whole:  # the fallback is the whole activation, two-pass float64
+        tiny = 1e-12 * np.abs(fin).max()
+        assert s.mean[i] == pytest.approx(fin.mean(), rel=1e-9, abs=tiny)
+        if fin.size > 1:
+            assert s.std[i] == pytest.approx(fin.std(ddof=1), rel=1e-7, abs=tiny)
         return
-    assert 0 <= got <= a.size
-    with np.errstate(over="ignore", invalid="ignore"):
-        reach = np.abs(fin).max(initial=0) + abs(shift) if math.isfinite(shift) else 0.0
-        overflow = np.abs(fin - shift).sum() >= F32_MAX / 4 if math.isfinite(shift) else False
-    if bad == 0:
-        assert got == 0 or (config.exact_moments and overflow)
-        return
-    peaks_show = units and (np.isnan(a).any() or np.isposinf(a).any())  # batch maxima
-    if peaks_show or (config.exact_moments and reach * a.size < F32_MAX * 1e-3):
-        assert got >= 1
+    k_eff = effective_size(t, where) * np.isfinite(sample).mean()
+    assert sampled_moments_ok(s.mean[i], s.std[i], fin, k_eff), (
+        path, shift, s.mean[i], s.std[i], fin.mean(), fin.std()
+    )  # fmt: skip
 
 
-def moments_path(a: np.ndarray, shift: float, bad: int, config: StatsConfig) -> str:
-    """Where the recorder takes a large activation's mean and std from: its exact float32
-    sums of a - shift ("exact"), the sample ("sample"), or too close to tell ("either").
+def moments_path(x32: torch.Tensor, a: np.ndarray, shift: float, bad: bool) -> str:
+    """Where the recorder takes a call's mean and std from: its float32 partial sums of
+    a - shift ("exact"), the sample ("sample"), or too close to tell ("either").
 
-    The sums are used when there is no NaN/inf, they did not overflow, and float32 kept the
-    spread: sum((a - mean)**2) > 1% of sum((a - shift)**2). The first call of a layer is
-    centred on its first sampled value."""
-    if not config.exact_moments or bad:
+    The sums are used when there is no NaN/inf (default mode), no run's squares overflow
+    float32, and the sums resolve the spread: sum((a - mean)**2) >= 1e-6 sum((a - shift)**2)."""
+    if bad:
         return "sample"
-    d = a - shift
+    fin = a[np.isfinite(a)]
+    d = fin - shift
     s1, s2 = d.sum(), (d * d).sum()
-    underflow = d * d < 1.5e-45  # squares that round to 0 in float32
-    if underflow.all():
-        return "exact"  # s2 is 0 in float32: nothing to lose
-    if underflow.any() and s2 < 1e-30:
-        return "either"
-    if s2 > 2 * F32_MAX:
-        return "sample"
-    if s2 > F32_MAX / 2:
+    p = plan(x32.shape, False, torch.zeros(1))
+    rows = np.asarray(x32, dtype=np.float64).reshape(p.view) - shift
+    rows = np.where(np.isfinite(rows), rows, 0.0)
+    row_sq = (rows * rows).sum(1)
+    f32_max = float(np.finfo(np.float32).max)
+    if (row_sq > f32_max / 2).any():
+        return "sample" if (row_sq > 2 * f32_max).any() else "either"
+    tiny = (d != 0) & (np.abs(d) < 1e-22)  # squares below float32's smallest: lost
+    if tiny.any():
         return "either"
     if s2 == 0:
         return "exact"
-    ratio = (s2 - s1 * s1 / a.size) / s2
-    return "exact" if ratio > 2e-2 else "sample" if ratio < 5e-3 else "either"
+    ratio = (s2 - s1 * s1 / d.size) / s2
+    return "exact" if ratio > 1e-4 else "sample" if ratio < 1e-8 else "either"
 
 
-def exact_moments_ok(mean: float, std: float, fin: np.ndarray) -> bool:
-    """Float32 sums over the whole activation: rounding error only (squares below ~1e-45,
-    of values under ~4e-23, round to 0)."""
+def exact_moments_ok(mean: float, std: float, fin: np.ndarray, offset: float) -> bool:
+    """Partial sums added in float64: rounding only. Small activations are reduced in
+    float64; large ones in float32 runs, whose squares round by about 1e-7, an error that
+    the variance multiplies by 1 + offset (the squared distance of the mean from the
+    shift, in variances: at most 4 once the shift follows the mean)."""
     if fin.size < 2:
-        return mean == fin[0] and np.isnan(std)
+        return mean == pytest.approx(fin[0], rel=1e-7, abs=1e-44) and np.isnan(std)
     ref_mean, ref_std = fin.mean(), fin.std(ddof=1)
     spread = np.abs(fin - ref_mean).max()
+    rel = 1e-6 + 1e-7 * offset
     return abs(mean - ref_mean) <= 1e-6 * spread + 1e-44 and abs(std - ref_std) <= (
-        1e-4 * ref_std + 1e-22
+        rel * ref_std + 1e-22
     )
 
 
@@ -424,11 +428,11 @@ def test_floating_outputs_are_recorded_within_bounds(data):
     s, name, caught = record(outs, config, tensors if grads else None)
     assert caught == []  # nothing to warn about, no numpy or torch warnings either
     assert len(s) == len(tensors)
-    for i, t in enumerate(tensors):
-        check_column(s, i, t, name, config)
-    if grads:  # d sum / d output = 1 everywhere: exact
+    for i, (t, shift) in enumerate(zip(tensors, shifts(tensors, s, name, config), strict=True)):
+        check_column(s, i, t, name, config, shift)
+    if grads:  # d sum / d output = 1 everywhere
         np.testing.assert_array_equal(s.grad_mean, 1.0)
-        np.testing.assert_array_equal(s.grad_abs, 1.0)
+        np.testing.assert_allclose(s.grad_abs, 1.0, rtol=1e-12)
         np.testing.assert_array_equal(s.grad_nonfinite, 0.0)
         assert all(sd == 0 or (np.isnan(sd) and t.numel() == 1)
                    for sd, t in zip(s.grad_std, tensors, strict=True))  # fmt: skip
@@ -457,8 +461,9 @@ def test_a_bad_output_costs_only_its_own_calls(data):
     s, name, caught = record([good[0], bad, *good[1:], bad], CONFIGS["default"])
     assert len(caught) == 1 and name in caught[0]
     assert len(s) == len(good)
-    for i, t in enumerate(good):
-        check_column(s, i, t, name, CONFIGS["default"])
+    config = CONFIGS["default"]
+    for i, (t, shift) in enumerate(zip(good, shifts(good, s, name, config), strict=True)):
+        check_column(s, i, t, name, config, shift)
 
 
 def test_nonfinite_detection_hard_cases():

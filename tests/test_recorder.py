@@ -258,18 +258,18 @@ def test_hooks_removed_on_every_way_out():
     hooks.remove()  # idempotent
 
 
-def test_a_failing_flush_still_removes_hooks_and_keeps_other_layers(monkeypatch):
-    from actwidget import recorder
+def test_a_layer_failing_at_the_batch_end_loses_only_its_own_calls(monkeypatch):
+    from actwidget._fold import Folder
 
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-    real = recorder.build_columns
+    real = Folder.fold
 
-    def fails_for_layer_1(calls, grads, config):
-        if any(r.layer == 1 for r in calls):
+    def fails_for_layer_1(self, acc, filled):
+        if any(f.row == 1 for f in filled):
             raise RuntimeError("device lost")
-        return real(calls, grads, config)
+        return real(self, acc, filled)
 
-    monkeypatch.setattr(recorder, "build_columns", fails_for_layer_1)
+    monkeypatch.setattr(Folder, "fold", fails_for_layer_1)
     warns = pytest.warns(UserWarning, match=r"'1 \(ReLU\)'.*device lost")
     with warns, StatsHooks(model, model=model) as hooks:
         calls(model, hooks, 3)

@@ -171,9 +171,9 @@ def test_a_new_widget_on_the_same_source_replaces_the_old_one():
     widgets = [ActivationWidget(cb, interval=0) for _ in range(5)]  # a cell run five times
     fit(model, [cb])
     assert [w.redraws for w in widgets[:-1]] == [0] * 4 and widgets[-1].redraws > 1
-    assert len(cb.recorder._listeners) == 1
+    assert len(cb.recorder._sinks.listeners) == 1
     widgets[-1].close()
-    assert len(cb.recorder._listeners) == 0
+    assert len(cb.recorder._sinks.listeners) == 0
     before = widgets[-1].redraws
     fit(model, [cb])  # a closed widget draws nothing more
     assert widgets[-1].redraws == before

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from .._recording import Recording
@@ -20,9 +21,9 @@ from .._util import noop
 from ..hooks import Hooks, module_names, select_modules
 from ..learner import Callback, CancelException
 from ..recorder import StatsHooks
-from ..stats import RunStats, StatsConfig
+from ..stats import LayerStats, RunStats, StatsConfig
 
-__all__ = ["HooksCallback", "StoreModuleStatsCB"]
+__all__ = ["HooksCallback", "LayerHook", "StoreModuleStatsCB"]
 
 
 class HooksCallback(Callback):
@@ -67,6 +68,51 @@ class HooksCallback(Callback):
         return len(self.hooks)
 
 
+class LayerHook:
+    """One recorded layer of a `StoreModuleStatsCB`, shaped like the course's per-module
+    hook (`cb.hooks[i]`): `moments`, `hists` and `plot(ax0, ax1, label)` read the
+    recorder's stats of that layer."""
+
+    def __init__(self, recorder: StatsHooks, index: int) -> None:
+        self.recorder, self.index = recorder, index
+
+    def __repr__(self) -> str:
+        return f"LayerHook({self.name!r})"
+
+    @property
+    def module(self) -> nn.Module:
+        return self.recorder.modules[self.index]
+
+    @property
+    def name(self) -> str:
+        return self.recorder.names[self.index]
+
+    @property
+    def stats(self) -> LayerStats:
+        """This layer's recorded series."""
+        return self.recorder.stats[self.name]
+
+    @property
+    def moments(self) -> np.ndarray:
+        """(batches, 2): mean and std per column, as in the course."""
+        return self.stats.moments
+
+    @property
+    def hists(self) -> np.ndarray:
+        """(batches, bins): |a| histogram counts per column, as in the course."""
+        return self.stats.hists
+
+    def plot(self, ax0: Any, ax1: Any, label: str | None = None) -> None:
+        """Mean on `ax0`, std on `ax1`, as the course's hooks plot them."""
+        s = self.stats
+        ax0.plot(s.step, s.mean, label=label or self.name)
+        ax1.plot(s.step, s.std, label=label or self.name)
+
+    def remove(self) -> None:
+        """Remove the recorder's hooks (all layers: they are one recorder)."""
+        self.recorder.remove()
+
+
 class StoreModuleStatsCB(Recording, Callback):
     """Records activation stats of the chosen layers every batch; plots them, feeds widgets.
 
@@ -97,15 +143,26 @@ class StoreModuleStatsCB(Recording, Callback):
         self.recorder = StatsHooks(
             mods, mod_filter=mod_filter, on_train=on_train, on_valid=on_valid,
             periodicity=periodicity, config=config, alerts=alerts, stop_on=stop_on,
-            run_dir=run_dir, attach=False,
+            run_dir=run_dir, auto_step=False,
         )  # fmt: skip
         self.learn: Any = None
+
+    # The course's view: one hook per layer.
+    @property
+    def hooks(self) -> Hooks:
+        """One `LayerHook` per recorded layer (the course's `cb.hooks`), in order."""
+        return Hooks([LayerHook(self.recorder, i) for i in range(len(self.recorder.names))])
+
+    def __iter__(self):
+        return iter(self.hooks)
+
+    def __len__(self) -> int:
+        return len(self.recorder.names)
 
     # Learner events.
     def before_fit(self, learn: Any) -> None:
         self.learn = learn
-        self.recorder.attach(learn.model)
-        self.recorder.begin_fit(epochs=learn.n_epochs)
+        self.recorder.open_fit(learn.model, epochs=learn.n_epochs)
 
     def before_epoch(self, learn: Any) -> None:
         phase = "train" if learn.training else "valid"
@@ -118,25 +175,22 @@ class StoreModuleStatsCB(Recording, Callback):
 
     def cleanup_fit(self, learn: Any) -> None:
         rec = self.recorder
-        try:
-            if learn.stopped_at is not None:
-                rec.request_stop()
-            error = learn.error if not isinstance(learn.error, CancelException) else None
-            where = None
-            if learn.stopped_at is not None:
-                e, b = learn.stopped_at
-                where = f"at epoch {e + 1}, batch {b + 1}" if b >= 0 else "before the first batch"
-            rec.end_fit(error, where=where)
-        finally:
-            rec.remove()
+        if learn.stopped_at is not None:
+            rec.request_stop()
+        error = learn.error if not isinstance(learn.error, CancelException) else None
+        where = None
+        if learn.stopped_at is not None:
+            e, b = learn.stopped_at
+            where = f"at epoch {e + 1}, batch {b + 1}" if b >= 0 else "before the first batch"
+        rec.close_fit(error, where=where)
 
     def load(self, path: str | Path) -> RunStats:
         """Replace the recorded stats by those saved in `path`, e.g. to plot an earlier run."""
         old = self.recorder
         self.recorder = StatsHooks(
-            old._mods_spec, mod_filter=old._filter, on_train=old.on_train,
-            on_valid=old.on_valid, periodicity=old.periodicity, stats=RunStats.load(path),
-            alerts=old._alert_config or False, stop_on=old.stop_on, attach=False,
+            old._mods, mod_filter=old._filter, on_train=old.on_train, on_valid=old.on_valid,
+            periodicity=old.periodicity, stats=RunStats.load(path),
+            alerts=old._sinks.alert_config or False, stop_on=old.stop_on, auto_step=False,
         )  # fmt: skip
         return self.recorder.stats
 

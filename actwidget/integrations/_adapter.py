@@ -9,7 +9,6 @@ idempotent, so every exit path may call it: the loop's own end and exception eve
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 
 from torch import nn
 
-from .._interrupt import graceful_sigint
 from .._recording import Recording
 from ..diagnose import AlertConfig
 from ..recorder import StatsHooks
@@ -51,44 +49,27 @@ class RecorderAdapter(Recording):
     ) -> None:
         self.recorder = StatsHooks(
             mods, mod_filter=mod_filter, on_train=on_train, on_valid=on_valid, config=config,
-            alerts=alerts, stop_on=stop_on, run_dir=run_dir, attach=False,
+            alerts=alerts, stop_on=stop_on, run_dir=run_dir, auto_step=False,
         )  # fmt: skip
-        self._aw_fit: contextlib.ExitStack | None = None  # open while a fit runs
         self._aw_scoped = False  # inside `with cb:`
 
     # --- a fit's begin and end (the adapters call these) ----------------------------------
     @property
     def fitting(self) -> bool:
         """Whether a fit begun by the loop has not ended yet."""
-        return self._aw_fit is not None
+        return self.recorder.fit_open
 
     def _begin_fit(self, model: nn.Module, epochs: int | None) -> None:
         """Training starts: hook the modules (dotted names resolve in `model`), begin a fit,
         turn the first Ctrl-C into a stop request (main thread only)."""
-        if self._aw_fit is not None:  # the loop never told us how the last fit ended
+        if self.fitting:  # the loop never told us how the last fit ended
             self._end_fit(RuntimeError("the training loop ended without telling the callback"))
-        rec = self.recorder
-        stack = contextlib.ExitStack()
-        stack.callback(rec.remove)
-        try:
-            rec.attach(model)
-            stack.enter_context(graceful_sigint(rec.request_stop))
-            rec.begin_fit(epochs=epochs)
-        except BaseException:
-            stack.close()
-            raise
-        self._aw_fit = stack
+        self.recorder.open_fit(model, epochs)
 
     def _end_fit(self, error: BaseException | None = None, where: str | None = None) -> None:
         """The fit ended (normally, on a stop or with `error`): record how, then remove the
         hooks and restore Ctrl-C, always; does nothing when no fit is open."""
-        stack, self._aw_fit = self._aw_fit, None
-        if stack is None:
-            return
-        try:
-            self.recorder.end_fit(error, where=where)
-        finally:
-            stack.close()
+        self.recorder.close_fit(error, where)
 
     def __enter__(self) -> RecorderAdapter:
         self._aw_scoped = True

@@ -1,0 +1,182 @@
+"""Where a recorder's columns go: the store, the run file, the alert rules, the distributed
+combine and the listeners.
+
+Columns arrive one batch at a time (`add`). They are kept on the host and published every
+`flush_every` batches or `flush_interval` seconds (by batches only under torch.distributed,
+where publishing is a collective): appended to the store, written to the run directory,
+judged by the alert rules, announced to listeners. With `stop_on`, the rules judge every
+batch as it arrives instead, so a stop comes at most one batch after the batch it names.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..diagnose import AlertConfig, Diagnoser
+from ..source import Event, Listeners, RunStatus
+from ..stats import Alert, FitMark, RunStats, StatsConfig
+
+__all__ = ["Sinks"]
+
+_log = logging.getLogger("actwidget")
+
+
+class Sinks:
+    """The consumers of one recorder's columns (see the module docstring)."""
+
+    def __init__(
+        self,
+        stats: RunStats,
+        names: list[str],
+        *,
+        alerts: AlertConfig | None,
+        stop_on: Collection[str],
+        flush_every: int,
+        flush_interval: float,
+        request_stop: Callable[[], Any],
+    ) -> None:
+        self.stats, self.names = stats, names
+        self.alert_config = alerts
+        self.stop_on = frozenset(stop_on)
+        self.flush_every, self.flush_interval = flush_every, flush_interval
+        self.request_stop = request_stop
+        self.listeners = Listeners()
+        self.writer: Any = None  # a runfile.RunWriter (on the writing rank)
+        self.combiner: Any = None  # a _dist.Combiner under torch.distributed
+        self.diagnoser: Diagnoser | None = None
+        self._local: Diagnoser | None = None  # distributed + stop_on: this rank's own rules
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._alerts: list[Alert] = []  # raised, not published yet
+        self._lock = threading.Lock()  # the pending columns
+        self._publish_lock = threading.RLock()  # one flush at a time, in order
+        self._since = 0
+        self._first = False  # the next batch is a fit's first
+        self._last = time.perf_counter()
+
+    def bind(self, config: StatsConfig) -> None:
+        """The rules, once the layer names are known."""
+        if self.alert_config is not None and self.diagnoser is None:
+            self.diagnoser = Diagnoser(self.alert_config, self.names, config)
+
+    def distribute(self, combiner: Any) -> None:
+        self.combiner = combiner
+        if combiner is not None and self.stop_on and self.alert_config is not None:
+            self._local = Diagnoser(self.alert_config, self.names, self.stats.config)
+
+    # --- columns in -------------------------------------------------------------------------
+    def count_batch(self) -> None:
+        """A batch ended (its columns may arrive later, from an accelerator)."""
+        self._since += 1
+
+    def due(self) -> bool:
+        """Whether to publish at this batch boundary: after a fit's first batch (so that
+        views show it at once), then every `flush_every` batches, or after `flush_interval`
+        seconds (not under torch.distributed: there all ranks must agree)."""
+        if self._since >= self.flush_every or self._first:
+            self._first = False
+            return True
+        late = time.perf_counter() - self._last >= self.flush_interval
+        return self.combiner is None and late
+
+    def add(self, layers: np.ndarray, cols: np.ndarray, fit: int, epoch_of) -> None:
+        """One batch's columns, as they arrive on the host."""
+        if not len(layers):
+            return
+        with self._lock:
+            self._pending.append((layers, cols))
+        judge = self._local if self.combiner is not None else self.diagnoser
+        if self.stop_on and judge is not None:
+            raised = judge.update(self._named(layers, cols), epoch_of, fit)
+            if any(a.kind in self.stop_on for a in raised):
+                self.request_stop()
+            if judge is self.diagnoser:
+                with self._lock:
+                    self._alerts += raised
+
+    def _named(self, layers: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+        return {self.names[int(i)]: cols[layers == i] for i in np.unique(layers)}
+
+    # --- publishing ---------------------------------------------------------------------------
+    def flush(self, fit: int, epoch_of, status: Callable[[], RunStatus]) -> None:
+        """Publish what arrived since the last flush (a collective under torch.distributed:
+        every rank calls it at the same batch)."""
+        with self._publish_lock:
+            with self._lock:
+                pending, self._pending = self._pending, []
+                alerts, self._alerts = self._alerts, []
+            self._since, self._last = 0, time.perf_counter()
+            if pending:
+                layers = np.concatenate([p[0] for p in pending])
+                cols = np.concatenate([p[1] for p in pending])
+            else:
+                layers, cols = np.zeros(0, np.int64), np.zeros((0, self.stats.config.width))
+            if self.combiner is not None:
+                combined = self.combiner.combine(layers, cols)
+                if combined is None:  # not the rank that keeps the global view
+                    return
+                layers, cols = combined
+            if not len(layers) and not alerts:
+                return
+            new = self._named(layers, cols) if len(layers) else {}
+            with self.stats.lock:
+                for name, mine in new.items():
+                    self.stats.append(name, mine)
+            if self.writer is not None and new:
+                self.writer.write(new, status())
+            if self.diagnoser is not None and (not self.stop_on or self.combiner is not None):
+                alerts += self.diagnoser.update(new, epoch_of, fit)
+            self._publish_alerts(alerts)
+            self.listeners.emit(Event.FLUSH, self._source)
+            if alerts:
+                self.listeners.emit(Event.ALERT, self._source)
+
+    def _publish_alerts(self, alerts: list[Alert]) -> None:
+        for a in alerts:
+            self.stats.add_alert(a)
+            _log.warning("actwidget alert: %s", a.message)
+            if self.writer is not None:
+                self.writer.alert(a)
+            if a.kind in self.stop_on:
+                self.request_stop()
+
+    def drop(self) -> None:
+        """Forget what was not published (a failed distributed fit, a reset)."""
+        with self._lock:
+            self._pending, self._alerts = [], []
+        if self.combiner is not None:
+            self.combiner.abandon()
+
+    # --- fits ----------------------------------------------------------------------------------
+    def begin_fit(self, mark: FitMark, status: RunStatus) -> None:
+        self._first = True
+        for d in (self.diagnoser, self._local):
+            if d is not None:
+                d.begin_fit()
+        if self.writer is not None:
+            self.writer.begin_fit(mark, status)
+
+    def end_fit(self, status: RunStatus) -> None:
+        if self.writer is not None:
+            self.writer.end_fit(status)
+
+    def open_writer(self, run_dir: Path, config: StatsConfig) -> None:
+        if self.writer is None:
+            from ..runfile import RunWriter
+
+            self.writer = RunWriter(run_dir, config, self.names, stats=self.stats.snapshot())
+
+    def reset(self) -> None:
+        self.drop()
+        if self.diagnoser is not None:
+            self.diagnoser.begin_fit()
+        if self.writer is not None:
+            self.writer.reset()
+
+    _source: Any = None  # what listeners are told the event came from (the facade)
