@@ -214,7 +214,7 @@ class ActivationWidget(widgets.VBox):
                 status = source.status
                 self.layers.add(source.stats)
                 with self.stop_button.hold_sync():
-                    self.stop_button.run_id = status.fit_id
+                    self.stop_button.fit_id = status.fit_id
                     self.stop_button.running = status.stoppable
                 self._render_header()
             elif event is Event.FIT_END:
