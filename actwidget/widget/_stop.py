@@ -14,8 +14,10 @@ import ipywidgets
 from traitlets import Bool, Int, Unicode, default
 
 __all__ = [
+    "ACK_IDLE_MS",
     "ESM_PATH",
     "StopButton",
+    "ack_timeout",
     "current_kernel_id",
     "kernel_id_from_connection_file",
 ]
@@ -23,6 +25,14 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _HERE = Path(__file__).resolve().parent
 _KERNEL_FILE = re.compile(r"kernel-([\w-]+)\.json")
+ACK_IDLE_MS = 400  # an idle kernel (or a background fit's) acks well within this
+
+
+def ack_timeout(batch_s: float | None, poll_s: float) -> int:
+    """How long (ms) the front end waits for an ack while the kernel reads messages at batch
+    boundaries: a batch and a poll interval twice over, and a second, rounded up to 0.5 s."""
+    ms = 1000 + 2000 * ((batch_s or 0.0) + poll_s)
+    return int(-(-ms // 500) * 500)
 
 
 def _esm_path() -> Path:
@@ -59,8 +69,9 @@ class StopButton(anywidget.AnyWidget):
     `StopRequest`, `StopAck`): synced traits `fit_id`, `running`, `kernel_id`,
     `ack_timeout_ms`, `interrupt_on_busy`; custom messages `{"type": "stop", "fit_id"}`
     (front end -> kernel) and `{"type": "stop_ack", "fit_id", "accepted"}` (kernel -> front
-    end). If no ack comes within `ack_timeout_ms` (a kernel busy in a blocking cell) the
-    front end interrupts the kernel through the Jupyter server, or shows how to.
+    end). A kernel busy in a blocking fit reads the request at the next batch boundary
+    (`widget._kernel`); if no ack comes within `ack_timeout_ms` the front end interrupts the
+    kernel through the Jupyter server, or shows which front-end action interrupts it.
     """
 
     _esm = ESM_PATH
@@ -68,8 +79,9 @@ class StopButton(anywidget.AnyWidget):
     fit_id = Int(0).tag(sync=True)
     running = Bool(False).tag(sync=True)
     kernel_id = Unicode("").tag(sync=True)
-    #: An idle kernel acks within ~50 ms; a busy one (blocking fit) never does: then interrupt.
-    ack_timeout_ms = Int(400).tag(sync=True)
+    #: An idle kernel acks within ~50 ms; one busy in a blocking fit acks at the next batch
+    #: boundary when it reads messages there (`ack_timeout`), else never: then interrupt.
+    ack_timeout_ms = Int(ACK_IDLE_MS).tag(sync=True)
     #: False when the fit runs in a worker thread: a SIGINT would hit another cell, not the fit.
     interrupt_on_busy = Bool(True).tag(sync=True)
 
