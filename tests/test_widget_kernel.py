@@ -121,10 +121,22 @@ class Kernel:
     def comm_msgs(self, comm_id: str) -> list[Msg]:
         return [m for m in self.iopub if m.type == "comm_msg" and m.content["comm_id"] == comm_id]
 
-    def send_comm(self, comm_id: str, data: dict) -> str:
+    def send_comm(self, comm_id: str, data: dict, subshell: str | None = None) -> str:
         msg = self.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
+        if subshell is not None:  # as JupyterLab sends widget messages ("comms over subshells")
+            msg["header"]["subshell_id"] = subshell
         self.kc.shell_channel.send(msg)
         return msg["header"]["msg_id"]
+
+    def subshell(self) -> str | None:
+        """A new subshell's id, or None when the kernel has none (ipykernel 6)."""
+        self.kc.kernel_info()
+        info = self.kc.get_shell_msg(timeout=10)["content"]
+        if "kernel subshells" not in info.get("supported_features", []):
+            return None
+        self.kc.control_channel.send(self.kc.session.msg("create_subshell_request", {}))
+        reply = self.kc.get_control_msg(timeout=10)["content"]
+        return reply.get("subshell_id") if reply.get("status") == "ok" else None
 
 
 # --- the poller on its own, with a stand-in kernel ------------------------------------------
@@ -162,6 +174,7 @@ class FakeKernel:
         self.session = FakeSession()
         self.parent, self._parent_ident = {"cell": 1}, {"shell": b"cell"}
         self.handled: list[tuple[Any, Any]] = []  # (content, parent while handled)
+        self.status: list[tuple[str, Any]] = []  # (busy or idle, its parent)
         self.shell_handlers = {"comm_msg": self._comm, "execute_request": None}
 
     def _comm(self, stream, idents, msg) -> None:
@@ -171,6 +184,9 @@ class FakeKernel:
 
     def get_parent(self, channel: str) -> dict:
         return self.parent
+
+    def _publish_status(self, status: str, channel: str, parent: Any) -> None:
+        self.status.append((status, parent))
 
     def set_parent(self, ident, parent, channel: str) -> None:
         self.parent, self._parent_ident[channel] = parent, ident
@@ -196,6 +212,10 @@ def test_poll_runs_comm_messages_now_and_queues_the_rest_in_order() -> None:
     assert [c for c, _ in p.kernel.handled] == ["stop", "toggle"]
     assert all(parent["content"] == c for c, parent in p.kernel.handled)
     assert p.kernel.parent == {"cell": 1} and p.kernel._parent_ident["shell"] == b"cell"
+    # busy/idle for each (ipywidgets waits for the idle), then the cell is busy again.
+    status = [(st, parent.get("content", parent)) for st, parent in p.kernel.status]
+    assert status == [("busy", "stop"), ("idle", "stop"), ("busy", "boom"), ("idle", "boom"),
+                      ("busy", "toggle"), ("idle", "toggle"), ("busy", {"cell": 1})]  # fmt: skip
     assert p.stream._recv_callback is original
     assert not p.broken
 
@@ -312,6 +332,7 @@ def kernel(tmp_path_factory) -> Any:
 
 
 def test_stop_and_the_picker_reach_a_kernel_busy_in_a_blocking_fit(kernel: Kernel) -> None:
+    subshell = kernel.subshell()
     setup = kernel.execute(SETUP)
     kernel.drain(lambda: kernel.idle(setup), timeout=120)
     print("\n" + kernel.text(setup).strip())
@@ -330,19 +351,24 @@ def test_stop_and_the_picker_reach_a_kernel_busy_in_a_blocking_fit(kernel: Kerne
     kernel.drain(lambda: time.monotonic() - t_running > 3, timeout=10)
     assert kernel.idle(fit) is None, "the fit ended before the test could stop it"
 
-    # The picker first: the kernel applies a new selection during the fit (and echoes it).
-    names = kernel.iopub  # the picker's layer names, from its state
-    names = next(m.content["data"]["state"]["names"] for m in names
+    # The picker first: the kernel applies each new selection during the fit (and echoes
+    # it), also when the messages come on a subshell, as JupyterLab and Notebook 7 send them.
+    names = next(m.content["data"]["state"]["names"] for m in kernel.iopub
                  if m.type == "comm_open" and m.content["comm_id"] == picker)  # fmt: skip
-    kernel.send_comm(picker, {"method": "update", "state": {"selected": names[:2]},
-                              "buffer_paths": []})  # fmt: skip
-    kernel.drain(lambda: names[:2] in state(picker, "selected"), timeout=10)
+    for chosen in (names[:2], names[:1], names[:2]):
+        n = len(state(picker, "selected"))
+        update = {"method": "update", "state": {"selected": chosen}, "buffer_paths": []}
+        sent = kernel.send_comm(picker, update, subshell)
+        kernel.drain(lambda: len(state(picker, "selected")) > n, timeout=10)  # noqa: B023
+        assert state(picker, "selected")[-1] == chosen
+        # ipywidgets' front end sends a widget's next update only after this idle.
+        kernel.drain(lambda: kernel.idle(sent), timeout=10)  # noqa: B023
     assert kernel.idle(fit) is None
 
     # Stop: the button's own message, on its comm, with no interrupt.
     t_stop = time.monotonic()
     stop_msg = kernel.send_comm(
-        stop, {"method": "custom", "content": {"type": "stop", "fit_id": fit_id}}
+        stop, {"method": "custom", "content": {"type": "stop", "fit_id": fit_id}}, subshell
     )
     kernel.drain(lambda: kernel.idle(fit) and kernel.idle(nxt), timeout=60)
     acks = [m for m in kernel.comm_msgs(stop) if m.content["data"].get("method") == "custom"]
@@ -374,5 +400,8 @@ def test_stop_and_the_picker_reach_a_kernel_busy_in_a_blocking_fit(kernel: Kerne
     assert [r["content"]["status"] for r in replies if r["parent_header"]["msg_id"] in
             (fit, nxt)] == ["ok", "ok"]  # fmt: skip
     assert counts[nxt] == counts[fit] + 1
-    # Nothing the fit printed went to the messages handled during it.
+    # One idle for the fit cell, at its end; nothing it printed went to a handled message.
+    assert [m.content for m in kernel.iopub if m.type == "status" and m.parent == fit].count(
+        {"execution_state": "idle"}
+    ) == 1
     assert not [m for m in kernel.iopub if m.type == "stream" and m.parent == stop_msg]

@@ -12,10 +12,12 @@ the in-process socket from its shell-channel thread; 6.29: the shell socket) who
 callback queues each request for the kernel's dispatcher. `poll()` swaps that callback for
 one that keeps comm messages aside and passes everything else to the original callback,
 lets the stream read what is waiting (`ZMQStream.flush`), puts the callback back, then runs
-the comm handlers as the kernel would, with the comm message as parent (their output goes
-where the kernel would send it) and the cell's parent restored after (the fit's output stays
-in its cell). This module is the only one that knows ipykernel's internals; anything it does
-not recognise gives no poller (the front end then falls back to interrupting the kernel).
+the comm handlers as the kernel would: busy, the handler with the comm message as parent
+(its output goes where the kernel would send it), idle; then the cell's parent is restored
+(the fit's output stays in its cell) and its busy status sent again.
+
+This module is the only one that knows ipykernel's internals; anything it does not
+recognise gives no poller (the front end then falls back to interrupting the kernel).
 """
 
 from __future__ import annotations
@@ -93,7 +95,9 @@ class Poller:
         return comms
 
     def _dispatch(self, comms: list[list[Any]]) -> None:
-        """Run each comm message's handler as the kernel does, then restore the cell's parent."""
+        """Run each comm message's handler as the kernel does: busy, the handler with the
+        message as parent, idle (front ends count on it: ipywidgets sends a widget's next
+        update only once the last one's idle came); then the cell's parent and busy again."""
         kernel, session = self.kernel, self.kernel.session
         ident, parent = kernel._parent_ident["shell"], kernel.get_parent("shell")
         _flush_stdio()  # what the fit printed so far goes to its cell
@@ -101,18 +105,21 @@ class Poller:
             for frames in comms:
                 idents, rest = session.feed_identities(frames, copy=False)
                 msg = session.deserialize(rest, content=True, copy=False)
-                handler = kernel.shell_handlers.get(msg["header"]["msg_type"])
-                if handler is None:
-                    continue
                 kernel.set_parent(idents, msg, channel="shell")
+                kernel._publish_status("busy", "shell", parent=msg)
+                handler = kernel.shell_handlers.get(msg["header"]["msg_type"])
                 try:
-                    handler(getattr(kernel, "shell_stream", None), idents, msg)
+                    if handler is not None:
+                        handler(getattr(kernel, "shell_stream", None), idents, msg)
                 except Exception:
                     _log.exception("actwidget: a widget message handler failed")
+                finally:
+                    _flush_stdio()
+                    kernel._publish_status("idle", "shell", parent=msg)
                 self.handled += 1
-            _flush_stdio()
         finally:
             kernel.set_parent(ident, parent, channel="shell")
+            kernel._publish_status("busy", "shell", parent=parent)  # the cell still runs
 
 
 def _msg_type(session: Any, frames: list[Any]) -> str | None:
