@@ -5,9 +5,10 @@ batch boundary, throttled to one read per `POLL_INTERVAL` (actwidget/widget/_ker
 This measures it where it runs: inside a real ipykernel (started with jupyter_client, no
 server), on its main thread, on the reference CNN (batch 256, every conv layer recorded):
 
-  1. step time with the recorder and a listener that polls at every batch (as the widget
-     does) against the same loop whose listener does not poll: setups interleaved per
-     round, the median of per-round ratios;
+  1. step time (the process's CPU time: on a shared machine wall time swings far more)
+     with the recorder and a listener that polls at every batch (as the widget does)
+     against the same loop whose listener does not poll: setups interleaved per round,
+     the median of per-round ratios;
   2. one `poll()`: a throttled call (returns at once), and a read with nothing waiting;
      the cost per batch they add up to at this step time, as a share of a step.
 
@@ -38,6 +39,7 @@ from actwidget.recorder import StatsHooks
 from actwidget.source import Event
 from actwidget.widget import _kernel
 
+torch.set_num_threads(1)  # one thread: no spinning workers for other processes to disturb
 poller = _kernel.poller()
 assert poller is not None, "no poller: not the kernel's main thread?"
 torch.manual_seed(0)
@@ -60,11 +62,11 @@ def seconds_per_step(listener):
     try:
         for xb, yb in batches[:2]:  # warm-up (the first batch flushes at once)
             F.cross_entropy(model(xb), yb).backward(); opt.step(); opt.zero_grad(); hooks.step()
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU time of all threads: others' load disturbs it less
         for xb, yb in batches:
             F.cross_entropy(model(xb), yb).backward(); opt.step(); opt.zero_grad(); hooks.step()
         hooks.end_fit()
-        return (time.perf_counter() - t0) / len(batches)
+        return (time.process_time() - t0) / len(batches)
     finally:
         hooks.remove()
 
@@ -139,7 +141,7 @@ def report(r: dict, rounds: int, steps: int) -> str:
         f"batch 256, 5 layers recorded; {steps} steps x {rounds} rounds, interleaved; "
         f"one read at most every {r['interval'] * 1e3:.0f} ms.",
         "",
-        "| setup | ms/step | ratio (median, min-max over rounds) |",
+        "| setup | CPU ms/step | ratio (median, min-max over rounds) |",
         "|---|---|---|",
         f"| recorder + listener, no polling | {step * 1e3:.2f} | 1.000 |",
         f"| recorder + listener polling at every batch | {median(polling) * 1e3:.2f} | "
@@ -158,8 +160,10 @@ def report(r: dict, rounds: int, steps: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps and rounds")
+    ap.add_argument("--steps", type=int, default=200, help="steps per setup and round")
+    ap.add_argument("--rounds", type=int, default=12)
     args = ap.parse_args(argv)
-    steps, rounds = (40, 4) if args.quick else (200, 12)
+    steps, rounds = (40, 4) if args.quick else (args.steps, args.rounds)
     code = KERNEL_CODE.format(here=str(HERE), steps=steps, rounds=rounds)
     print(report(run_in_kernel(code, timeout=3600), rounds, steps), flush=True)
 
