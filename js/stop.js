@@ -1,44 +1,39 @@
 /**
  * actwidget Stop button (anywidget ES module; no build step, no dependencies).
  *
- * Message protocol
- * ----------------
- * Synced traits (Python -> JS):
- *   run_id          int   id of the current fit; changes for every new fit
- *   running         bool  true while that fit runs
- *   kernel_id       str   Jupyter server kernel id ("" when unknown)
- *   ack_timeout_ms  int   how long to wait for the ack before interrupting (400)
- *   interrupt_on_busy bool false: never interrupt (fit runs in a worker thread, so
- *                         a SIGINT would hit another cell); just wait for the ack
+ * Message protocol (the one place it is written down; Python side:
+ * actwidget/widget/_stop.py `StopButton`). A fit is named by its fit id, here as in Python.
  *
- * Custom messages:
- *   JS -> Python  {type: "stop", run: <run_id>}
- *   Python -> JS  {type: "stop_ack", run: <run_id>, accepted: <bool>}
+ * @typedef {Object} StopState  synced traits, kernel -> front end
+ * @property {number} fit_id  the current (or last) fit's id; every fit has a new one
+ * @property {boolean} running  that fit runs and a stop can act on it
+ * @property {string} kernel_id  Jupyter server kernel id ("" when unknown)
+ * @property {number} ack_timeout_ms  how long to wait for the ack before interrupting: 400
+ *   when the kernel answers only when idle, longer while it reads messages at batch
+ *   boundaries during a blocking fit (about two batches and a second)
+ * @property {boolean} interrupt_on_busy  false: never interrupt (the fit runs in a worker
+ *   thread, so a SIGINT would hit another cell); just wait for the ack
  *
- * On click the view sends "stop" and waits ack_timeout_ms. With ipykernel 7 a
- * kernel busy running a blocking cell only sees the message after the cell
- * ends, so if no ack came and the same run is still running, the view asks the
- * Jupyter server to interrupt the kernel:
+ * @typedef {{type: "stop", fit_id: number}} StopRequest  custom message, front end -> kernel
+ * @typedef {{type: "stop_ack", fit_id: number, accepted: boolean}} StopAck  kernel -> front end
+ *
+ * On click the view sends a StopRequest and waits ack_timeout_ms for the StopAck. A kernel
+ * busy in a blocking fit reads widget messages at batch boundaries, so it acks at the next
+ * one. A front end that does not deliver widget messages while a cell runs (VS Code), or a
+ * kernel that cannot read them, never acks in time: if the same fit still runs, the view
+ * asks the Jupyter server to interrupt the kernel:
  *   POST {baseUrl}api/kernels/{kernel_id}/interrupt
  *   (baseUrl/token from <script id="jupyter-config-data">, `_xsrf` cookie as
  *   X-XSRFToken). The Python side turns that first SIGINT into a graceful stop
- *   at the next batch boundary. At most one interrupt is sent per run.
- * Without server config or kernel id (VS Code, Voila, ...) or when the POST
- * fails, the view shows HINT instead.
- *
- * Python side: actwidget/widget/_stop.py `StopButton`.
- * @typedef {Object} StopState  synced traits (Python -> JS)
- * @property {number} run_id
- * @property {boolean} running
- * @property {string} kernel_id
- * @property {number} ack_timeout_ms
- * @property {boolean} interrupt_on_busy
- * @typedef {{type: "stop", run: number}} StopRequest  JS -> Python
- * @typedef {{type: "stop_ack", run: number, accepted: boolean}} StopAck  Python -> JS
+ *   at the next batch boundary. At most one interrupt is sent per fit.
+ * Without server config or kernel id (VS Code, Colab, Voila, ...) or when the POST
+ * fails, the view shows HINT: which front-end action interrupts the kernel.
  */
 
 export const HINT =
-  "Kernel busy: interrupt the kernel (■ / Kernel → Interrupt) to stop at the next batch.";
+  "No answer from the busy kernel: interrupt it to stop at the next batch " +
+  "(VS Code: Interrupt on the notebook toolbar; Jupyter: ■ or Kernel → Interrupt; " +
+  "Colab: Runtime → Interrupt execution).";
 export const QUEUED = "Kernel busy: the stop is handled when the running cell ends.";
 export const TIP_RUNNING = "Stop training at the next batch";
 export const TIP_PENDING = "A stop was requested: training ends at the next batch";
@@ -103,13 +98,13 @@ export function createStopController({
   setTimeout,
   clearTimeout,
 }) {
-  // pending: null, or {run, phase} with phase "waiting" (for ack), "interrupting"
+  // pending: null, or {fitId, phase} with phase "waiting" (for ack), "interrupting"
   // (POST in flight) or "requested" (ack accepted / interrupt sent; wait for the end).
   let pending = null;
   let timer = null;
   let disposed = false;
 
-  const isCurrent = (run) => model.get("running") && model.get("run_id") === run;
+  const isCurrent = (fitId) => model.get("running") && model.get("fit_id") === fitId;
   const show = (text) => {
     status.textContent = text;
   };
@@ -135,26 +130,28 @@ export function createStopController({
 
   function stop() {
     if (disposed || pending || !model.get("running")) return;
-    const run = model.get("run_id");
-    pending = { run, phase: "waiting" };
-    model.send({ type: "stop", run });
+    const fitId = model.get("fit_id");
+    pending = { fitId, phase: "waiting" };
+    /** @type {StopRequest} */
+    const request = { type: "stop", fit_id: fitId };
+    model.send(request);
     show("stopping…");
     update();
     const ms = Number(model.get("ack_timeout_ms"));
-    timer = setTimeout(() => onTimeout(run), Number.isFinite(ms) && ms >= 0 ? ms : 400);
+    timer = setTimeout(() => onTimeout(fitId), Number.isFinite(ms) && ms >= 0 ? ms : 400);
   }
 
-  function onTimeout(run) {
+  function onTimeout(fitId) {
     timer = null;
-    if (disposed || pending?.run !== run || pending.phase !== "waiting") return;
-    if (!isCurrent(run)) return finish("");
+    if (disposed || pending?.fitId !== fitId || pending.phase !== "waiting") return;
+    if (!isCurrent(fitId)) return finish("");
     if (model.get("interrupt_on_busy") === false) return show(QUEUED); // keep waiting for the ack
     const config = readPageConfig(document);
     const url = interruptUrl(config, model.get("kernel_id"));
     if (!url) return finish(HINT);
     pending.phase = "interrupting";
     show("Kernel busy: interrupting…");
-    const stale = () => disposed || pending?.run !== run || pending.phase !== "interrupting";
+    const stale = () => disposed || pending?.fitId !== fitId || pending.phase !== "interrupting";
     Promise.resolve()
       .then(() => fetch(url, interruptInit(config, document?.cookie)))
       .then(
@@ -173,8 +170,9 @@ export function createStopController({
       );
   }
 
+  /** @param {StopAck} msg */
   function onMessage(msg) {
-    if (disposed || msg?.type !== "stop_ack" || pending?.run !== msg.run) return;
+    if (disposed || msg?.type !== "stop_ack" || pending?.fitId !== msg.fit_id) return;
     if (pending.phase !== "waiting") return; // late ack after an interrupt: ignore
     cancelTimer();
     if (msg.accepted) {
@@ -194,13 +192,13 @@ export function createStopController({
     }
   }
 
-  function onRunId() {
-    if (pending && pending.run !== model.get("run_id")) finish("");
+  function onFitId() {
+    if (pending && pending.fitId !== model.get("fit_id")) finish("");
     update();
   }
 
   model.on("change:running", onRunning);
-  model.on("change:run_id", onRunId);
+  model.on("change:fit_id", onFitId);
   model.on("msg:custom", onMessage);
   button.addEventListener("click", stop);
   update();
@@ -209,7 +207,7 @@ export function createStopController({
     disposed = true;
     cancelTimer();
     model.off("change:running", onRunning);
-    model.off("change:run_id", onRunId);
+    model.off("change:fit_id", onFitId);
     model.off("msg:custom", onMessage);
     button.removeEventListener("click", stop);
   }

@@ -16,7 +16,7 @@ import widget, {
 } from "./stop.js";
 
 function fakeModel(attrs) {
-  const state = { run_id: 1, running: true, kernel_id: "k-123", ack_timeout_ms: 800, ...attrs };
+  const state = { fit_id: 1, running: true, kernel_id: "k-123", ack_timeout_ms: 800, ...attrs };
   const handlers = new Map();
   const sent = [];
   return {
@@ -114,10 +114,10 @@ function setup({ attrs, config = { baseUrl: "/lab-base/", token: "tok" }, cookie
   return { model, timers, calls, button, status, controller };
 }
 
-test("click sends a stop message for the current run", () => {
-  const { model, button, status } = setup({ attrs: { run_id: 7 } });
+test("click sends a stop message for the current fit", () => {
+  const { model, button, status } = setup({ attrs: { fit_id: 7 } });
   button.click();
-  assert.deepEqual(model.sent, [{ type: "stop", run: 7 }]);
+  assert.deepEqual(model.sent, [{ type: "stop", fit_id: 7 }]);
   assert.equal(status.textContent, "stopping…");
   assert.equal(button.disabled, true);
 });
@@ -149,9 +149,9 @@ test("uses ack_timeout_ms from the model", async () => {
 });
 
 test("ack in time: no POST", async () => {
-  const { model, timers, calls, button, status } = setup({ attrs: { run_id: 3 } });
+  const { model, timers, calls, button, status } = setup({ attrs: { fit_id: 3 } });
   button.click();
-  model.emit({ type: "stop_ack", run: 3, accepted: true });
+  model.emit({ type: "stop_ack", fit_id: 3, accepted: true });
   assert.equal(timers.pending(), 0);
   timers.advance(5000);
   await flush();
@@ -163,9 +163,9 @@ test("ack in time: no POST", async () => {
 });
 
 test("refused ack: no POST, button usable again", async () => {
-  const { model, timers, calls, button, status } = setup({ attrs: { run_id: 3 } });
+  const { model, timers, calls, button, status } = setup({ attrs: { fit_id: 3 } });
   button.click();
-  model.emit({ type: "stop_ack", run: 3, accepted: false });
+  model.emit({ type: "stop_ack", fit_id: 3, accepted: false });
   timers.advance(5000);
   await flush();
   assert.equal(calls.length, 0);
@@ -173,17 +173,17 @@ test("refused ack: no POST, button usable again", async () => {
   assert.equal(button.disabled, false);
 });
 
-test("ack for another run or another message type does not cancel the timer", async () => {
-  const { model, timers, calls, button } = setup({ attrs: { run_id: 3 } });
+test("ack for another fit or another message type does not cancel the timer", async () => {
+  const { model, timers, calls, button } = setup({ attrs: { fit_id: 3 } });
   button.click();
-  model.emit({ type: "stop_ack", run: 2, accepted: true });
-  model.emit({ type: "other", run: 3 });
+  model.emit({ type: "stop_ack", fit_id: 2, accepted: true });
+  model.emit({ type: "other", fit_id: 3 });
   timers.advance(800);
   await flush();
   assert.equal(calls.length, 1);
 });
 
-test("run finished before the timeout: no POST", async () => {
+test("fit finished before the timeout: no POST", async () => {
   const { model, timers, calls, button, status } = setup();
   button.click();
   model.set("running", false);
@@ -193,19 +193,19 @@ test("run finished before the timeout: no POST", async () => {
   assert.equal(status.textContent, "Stopped.");
 });
 
-test("run id changed before the timeout: no POST", async () => {
-  const { model, timers, calls, button } = setup({ attrs: { run_id: 1 } });
+test("fit id changed before the timeout: no POST", async () => {
+  const { model, timers, calls, button } = setup({ attrs: { fit_id: 1 } });
   button.click();
-  model.set("run_id", 2);
+  model.set("fit_id", 2);
   timers.advance(5000);
   await flush();
   assert.equal(calls.length, 0);
 });
 
-test("run id changed without a change event reaching us: still no POST", async () => {
-  const { model, timers, calls, button, status } = setup({ attrs: { run_id: 1 } });
+test("fit id changed without a change event reaching us: still no POST", async () => {
+  const { model, timers, calls, button, status } = setup({ attrs: { fit_id: 1 } });
   button.click();
-  model.get = ((get) => (name) => (name === "run_id" ? 2 : get(name)))(model.get);
+  model.get = ((get) => (name) => (name === "fit_id" ? 2 : get(name)))(model.get);
   timers.advance(800);
   await flush();
   assert.equal(calls.length, 0);
@@ -214,7 +214,7 @@ test("run id changed without a change event reaching us: still no POST", async (
 
 test("interrupt_on_busy false: no POST, keep waiting for the ack", async () => {
   const { model, timers, calls, button, status } = setup({
-    attrs: { run_id: 6, interrupt_on_busy: false },
+    attrs: { fit_id: 6, interrupt_on_busy: false },
   });
   button.click();
   timers.advance(800);
@@ -222,7 +222,7 @@ test("interrupt_on_busy false: no POST, keep waiting for the ack", async () => {
   assert.equal(calls.length, 0);
   assert.equal(status.textContent, QUEUED);
   assert.equal(button.disabled, true);
-  model.emit({ type: "stop_ack", run: 6, accepted: true });
+  model.emit({ type: "stop_ack", fit_id: 6, accepted: true });
   assert.match(status.textContent, /Stopping at the next batch/);
 });
 
@@ -265,13 +265,13 @@ test("POST rejected (network error): hint", async () => {
   assert.ok(status.textContent.endsWith(HINT));
 });
 
-test("at most one interrupt per run, and late acks are ignored", async () => {
-  const { model, timers, calls, button, status } = setup({ attrs: { run_id: 4 } });
+test("at most one interrupt per fit, and late acks are ignored", async () => {
+  const { model, timers, calls, button, status } = setup({ attrs: { fit_id: 4 } });
   button.click();
   timers.advance(800);
   await flush();
   button.click();
-  model.emit({ type: "stop_ack", run: 4, accepted: false });
+  model.emit({ type: "stop_ack", fit_id: 4, accepted: false });
   timers.advance(5000);
   await flush();
   assert.equal(calls.length, 1);
@@ -279,12 +279,12 @@ test("at most one interrupt per run, and late acks are ignored", async () => {
   assert.match(status.textContent, /Interrupt sent/);
 });
 
-test("button disabled when not running, enabled when a run starts", () => {
+test("button disabled when not running, enabled when a fit starts", () => {
   const { model, button, status } = setup({ attrs: { running: false } });
   assert.equal(button.disabled, true);
   button.click();
   assert.equal(model.sent.length, 0);
-  model.set("run_id", 2);
+  model.set("fit_id", 2);
   model.set("running", true);
   assert.equal(button.disabled, false);
   model.set("running", false);

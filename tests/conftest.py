@@ -80,7 +80,7 @@ def assert_exact(layer, outs, config: StatsConfig = EXACT) -> None:
 def click_stop(widget) -> None:
     """What the browser's Stop does: the front end's stop message for the running fit,
     handled off the training thread (as the kernel's comm thread would)."""
-    msg = {"type": "stop", "run": widget.stop_button.run_id}
+    msg = {"type": "stop", "fit_id": widget.stop_button.fit_id}
     t = threading.Thread(target=widget.stop_button._handle_stop_msg, args=(None, msg, []))
     t.start()
     t.join()

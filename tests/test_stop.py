@@ -18,7 +18,7 @@ from actwidget.widget._stop import (
 @pytest.fixture
 def button(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[StopButton, list[dict[str, Any]]]]:
     """A StopButton whose outgoing custom messages are captured in a list."""
-    w = StopButton(run_id=5, running=True)
+    w = StopButton(fit_id=5, running=True)
     sent: list[dict[str, Any]] = []
     monkeypatch.setattr(w, "send", lambda content, buffers=None: sent.append(content))
     yield w, sent
@@ -33,46 +33,46 @@ def _from_front_end(w: StopButton, content: Any) -> None:
 def test_accepted_stop_is_acked(button: tuple[StopButton, list]) -> None:
     w, sent = button
     calls: list[int] = []
-    w.on_stop(lambda run: calls.append(run) or run == w.run_id)
-    _from_front_end(w, {"type": "stop", "run": 5})
+    w.on_stop(lambda fit_id: calls.append(fit_id) or fit_id == w.fit_id)
+    _from_front_end(w, {"type": "stop", "fit_id": 5})
     assert calls == [5]
-    assert sent == [{"type": "stop_ack", "run": 5, "accepted": True}]
+    assert sent == [{"type": "stop_ack", "fit_id": 5, "accepted": True}]
 
 
 def test_refused_stop_is_acked(button: tuple[StopButton, list]) -> None:
     w, sent = button
-    w.on_stop(lambda run: run == w.run_id)
-    w._handle_custom_msg({"type": "stop", "run": 4}, [])
-    assert sent == [{"type": "stop_ack", "run": 4, "accepted": False}]
+    w.on_stop(lambda fit_id: fit_id == w.fit_id)
+    w._handle_custom_msg({"type": "stop", "fit_id": 4}, [])
+    assert sent == [{"type": "stop_ack", "fit_id": 4, "accepted": False}]
 
 
 def test_no_callback_or_failing_callback_refuses(button: tuple[StopButton, list]) -> None:
     w, sent = button
-    _from_front_end(w, {"type": "stop", "run": 5})
+    _from_front_end(w, {"type": "stop", "fit_id": 5})
 
-    def boom(run: int) -> bool:
+    def boom(fit_id: int) -> bool:
         raise RuntimeError("callback bug")
 
     w.on_stop(boom)
-    _from_front_end(w, {"type": "stop", "run": 5})
-    _from_front_end(w, {"type": "stop", "run": "5"})
+    _from_front_end(w, {"type": "stop", "fit_id": 5})
+    _from_front_end(w, {"type": "stop", "fit_id": "5"})
     assert [m["accepted"] for m in sent] == [False, False, False]
 
 
 def test_on_stop_remove(button: tuple[StopButton, list]) -> None:
     w, sent = button
-    cb = lambda run: True  # noqa: E731
+    cb = lambda fit_id: True  # noqa: E731
     w.on_stop(cb)
     w.on_stop(cb, remove=True)
-    _from_front_end(w, {"type": "stop", "run": 5})
-    assert sent == [{"type": "stop_ack", "run": 5, "accepted": False}]
+    _from_front_end(w, {"type": "stop", "fit_id": 5})
+    assert sent == [{"type": "stop_ack", "fit_id": 5, "accepted": False}]
 
 
 def test_unknown_messages_are_ignored(button: tuple[StopButton, list]) -> None:
     w, sent = button
     calls: list[int] = []
     w.on_stop(calls.append)
-    for content in ({"type": "nope", "run": 5}, {"run": 5}, ["stop"], "stop"):
+    for content in ({"type": "nope", "fit_id": 5}, {"fit_id": 5}, ["stop"], "stop"):
         _from_front_end(w, content)
     assert calls == []
     assert sent == []
@@ -91,12 +91,12 @@ def test_esm_is_the_stop_module() -> None:
 
 
 def test_state_contains_synced_traits() -> None:
-    w = StopButton(run_id=2, running=True, ack_timeout_ms=300)
+    w = StopButton(fit_id=2, running=True, ack_timeout_ms=300)
     try:
         state = w.get_state()
     finally:
         w.close()
-    assert state["run_id"] == 2
+    assert state["fit_id"] == 2
     assert state["running"] is True
     assert state["ack_timeout_ms"] == 300
     assert state["kernel_id"] == ""  # no kernel in the test process
@@ -107,7 +107,7 @@ def test_state_contains_synced_traits() -> None:
 def test_defaults() -> None:
     w = StopButton()
     try:
-        assert (w.run_id, w.running, w.kernel_id, w.ack_timeout_ms) == (0, False, "", 400)
+        assert (w.fit_id, w.running, w.kernel_id, w.ack_timeout_ms) == (0, False, "", 400)
         assert w.interrupt_on_busy is True
     finally:
         w.close()

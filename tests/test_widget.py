@@ -113,7 +113,7 @@ def test_widget_follows_a_fit_and_ends_finished():
     fit(model, [cb, Every(lambda learn: seen.append((w.state, w.stop_button.running)))])
     assert set(seen) == {("running", True)}
     assert w.state == "finished" and not w.stop_button.running
-    assert w.stop_button.run_id == cb.status.fit_id
+    assert w.stop_button.fit_id == cb.status.fit_id
     assert w.layers.names == ["1 (ReLU)", "3 (ReLU)"] == w.visible_layers
     stats = cb.stats
     for key in ("mean", "std", "near_zero", "grad_std"):
@@ -468,7 +468,7 @@ def test_stop_message_from_another_thread_ends_fit_at_next_batch():
             click_stop(w)
 
     learn = fit(model, [cb, Every(click_once)], epochs=2)
-    assert sent == [{"type": "stop_ack", "run": cb.status.fit_id, "accepted": True}]
+    assert sent == [{"type": "stop_ack", "fit_id": cb.status.fit_id, "accepted": True}]
     assert learn.stopped_at == (0, 2)
     assert w.state == "stopped" and "stopped" in w.header.value
     assert "at epoch 1, batch 3" in w.header.value
@@ -483,15 +483,15 @@ def test_stale_stop_is_refused_and_does_not_stop_the_next_fit():
     sent = []
     w.stop_button.send = lambda content, buffers=None: sent.append(content)
     first = fit(model, [cb])
-    old_run = cb.status.fit_id
+    old_fit = cb.status.fit_id
     assert first.stopped_at is None
     # A click queued during the first fit, handled after it ended (blocking-cell case).
-    w.stop_button._handle_stop_msg(w.stop_button, {"type": "stop", "run": old_run}, [])
+    w.stop_button._handle_stop_msg(w.stop_button, {"type": "stop", "fit_id": old_fit}, [])
     assert sent[-1]["accepted"] is False
     learn = TrainLearner(model, tiny_dls(), F.cross_entropy, lr=0.1, cbs=[cb])
     stale = Every(
         lambda lrn: w.stop_button._handle_stop_msg(
-            w.stop_button, {"type": "stop", "run": old_run}, []
+            w.stop_button, {"type": "stop", "fit_id": old_fit}, []
         )
     )
     learn.fit(1, cbs=[stale])
@@ -550,7 +550,8 @@ def test_background_stop_via_message():
 
     w.start(fit, model, [cb, Every(pace)], 5)
     assert at_batch_2.wait(10)
-    w.stop_button._handle_stop_msg(w.stop_button, {"type": "stop", "run": w.stop_button.run_id}, [])
+    msg = {"type": "stop", "fit_id": w.stop_button.fit_id}
+    w.stop_button._handle_stop_msg(w.stop_button, msg, [])
     go_on.set()
     w.wait(30)
     assert w.state == "stopped" and cb.learn.stopped_at == (0, 2)

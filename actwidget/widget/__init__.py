@@ -27,15 +27,16 @@ from typing import Any, NamedTuple
 
 import ipywidgets as widgets
 
-from ..source import Event, RunState, Source, StaticSource, as_source
+from ..source import Event, RunState, RunStatus, Source, StaticSource, as_source
 from ..stats import RunStats
+from . import _kernel
 from ._draw import Painter
 from ._header import Header
 from ._heatmaps import Heatmaps
 from ._layers import COLORS, LayerState
 from ._overview import Overview
 from ._runner import Runner
-from ._stop import StopButton
+from ._stop import ACK_IDLE_MS, StopButton, ack_timeout
 from ._view import Charts
 
 __all__ = ["COLORS", "ActivationWidget"]
@@ -89,6 +90,9 @@ class ActivationWidget(widgets.VBox):
         self._version = -1
         self._stats = RunStats()
         self._closed = False
+        # Set while a blocking fit runs on the kernel's main thread: reads the front end's
+        # messages (Stop, the picker, menus) at batch boundaries (see `_kernel`).
+        self._poller: _kernel.Poller | None = None
         self._build(std_scale, initial_layers, max_heatmaps)
         self._unsubscribe: Callable[[], None] = self.source.subscribe(self._on_event)
         self._replace_previous()
@@ -166,12 +170,17 @@ class ActivationWidget(widgets.VBox):
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the background run; re-raises its error, if any.
 
-        While this waits the kernel is busy, so Stop interrupts it as for a blocking fit:
-        the first interrupt asks the run to stop at the next batch, a second stops waiting."""
+        While this waits the kernel reads the widget's messages (Stop, the picker) every
+        few tens of ms; where it cannot, Stop interrupts it as for a blocking fit: the first
+        interrupt asks the run to stop at the next batch, a second stops waiting."""
         self.stop_button.interrupt_on_busy = True
+        poller = _kernel.poller()
+        if poller is not None:  # the kernel reads Stop and the picker while it waits
+            self.stop_button.ack_timeout_ms = ack_timeout(None, poller.interval)
         try:
-            self.runner.wait(timeout, self.source.request_stop)
+            self.runner.wait(timeout, self.source.request_stop, poller)
         finally:
+            self.stop_button.ack_timeout_ms = ACK_IDLE_MS
             if self.runner.running:  # timed out or interrupted: the run goes on
                 self.stop_button.interrupt_on_busy = False
 
@@ -213,12 +222,17 @@ class ActivationWidget(widgets.VBox):
             if event is Event.FIT_START:
                 status = source.status
                 self.layers.add(source.stats)
+                self._poller = _kernel.poller()  # None off the kernel's main thread
                 with self.stop_button.hold_sync():
-                    self.stop_button.run_id = status.fit_id
+                    self.stop_button.fit_id = status.fit_id
                     self.stop_button.running = status.stoppable
+                    self.stop_button.ack_timeout_ms = self._ack_timeout(status)
                 self._render_header()
             elif event is Event.FIT_END:
-                self.stop_button.running = False
+                self._poller = None
+                with self.stop_button.hold_sync():
+                    self.stop_button.running = False
+                    self.stop_button.ack_timeout_ms = ACK_IDLE_MS
                 self._render_header()
                 if self._cost + self._heat_cost > _SLOW_FINAL:  # don't hold up the cell
                     threading.Thread(target=self._final_redraw, daemon=True).start()
@@ -229,14 +243,32 @@ class ActivationWidget(widgets.VBox):
                 self._redraw(heatmaps=True, force=True)
                 self._render_header()
             else:
+                if event is Event.BATCH and self._poller is not None:
+                    self._poller.poll()  # Stop, the picker, menus: handled at this boundary
                 now = time.perf_counter()
                 if now - self._last >= _wait(self.interval, self._cost):
                     self._last = now
                     heat = now - self._last_heat >= _wait(self.heatmap_interval, self._heat_cost)
                     self._redraw(heatmaps=heat)
                     self._render_header()
+                    if self._poller is not None:
+                        self._tune_ack(source)
         except Exception as e:  # a drawing failure must never stop training
             self._show_error(e)
+
+    def _ack_timeout(self, status: RunStatus) -> int:
+        """How long the front end waits for Stop's ack during this fit (see `StopButton`)."""
+        if self._poller is None:
+            return ACK_IDLE_MS
+        batch = status.elapsed / status.fit_batches if status.fit_batches else None
+        return ack_timeout(batch, self._poller.interval)
+
+    def _tune_ack(self, source: Source) -> None:
+        """Follow the batch time: the ack comes at a batch boundary (a message only when it
+        changes by a quarter or more)."""
+        want, now = self._ack_timeout(source.status), self.stop_button.ack_timeout_ms
+        if abs(want - now) * 4 >= now:
+            self.stop_button.ack_timeout_ms = want
 
     def _final_redraw(self) -> None:
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -167,12 +168,26 @@ class Runner:
         self.thread.start()
         return self.thread
 
-    def wait(self, timeout: float | None, on_interrupt: Callable[[], object]) -> None:
-        """Join the worker; the first Ctrl-C calls `on_interrupt` (a second stops waiting)."""
+    def wait(
+        self, timeout: float | None, on_interrupt: Callable[[], object], poller: Any = None
+    ) -> None:
+        """Join the worker; the first Ctrl-C calls `on_interrupt` (a second stops waiting).
+
+        With a `poller` (`_kernel.Poller`), the kernel reads widget messages while it waits."""
         if self.thread is None:
             return
         with graceful_sigint(on_interrupt):
-            self.thread.join(timeout)
+            if poller is None:
+                self.thread.join(timeout)
+            else:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while self.thread.is_alive():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    step = poller.interval if left is None else min(left, poller.interval)
+                    self.thread.join(step)
+                    poller.poll()
         if self.thread.is_alive():
             raise TimeoutError(f"the background run is still going after {timeout} s")
         if self.error is not None:

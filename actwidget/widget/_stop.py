@@ -13,11 +13,26 @@ import anywidget
 import ipywidgets
 from traitlets import Bool, Int, Unicode, default
 
-__all__ = ["ESM_PATH", "StopButton", "current_kernel_id", "kernel_id_from_connection_file"]
+__all__ = [
+    "ACK_IDLE_MS",
+    "ESM_PATH",
+    "StopButton",
+    "ack_timeout",
+    "current_kernel_id",
+    "kernel_id_from_connection_file",
+]
 
 _log = logging.getLogger(__name__)
 _HERE = Path(__file__).resolve().parent
 _KERNEL_FILE = re.compile(r"kernel-([\w-]+)\.json")
+ACK_IDLE_MS = 400  # an idle kernel (or a background fit's) acks well within this
+
+
+def ack_timeout(batch_s: float | None, poll_s: float) -> int:
+    """How long (ms) the front end waits for an ack while the kernel reads messages at batch
+    boundaries: a batch and a poll interval twice over, and a second, rounded up to 0.5 s."""
+    ms = 1000 + 2000 * ((batch_s or 0.0) + poll_s)
+    return int(-(-ms // 500) * 500)
 
 
 def _esm_path() -> Path:
@@ -49,25 +64,24 @@ def current_kernel_id() -> str:
 
 class StopButton(anywidget.AnyWidget):
     """Stop button; the front end (js/stop.js) sends stop requests, this side acks them.
-    The protocol's types: `StopState`, `StopRequest`, `StopAck` in js/stop.js.
 
-    Protocol. Synced traits: `run_id` (int, current fit), `running` (bool), `kernel_id`
-    (str, "" if unknown), `ack_timeout_ms` (int), `interrupt_on_busy` (bool; False: never
-    interrupt, only wait for the ack). Custom messages: JS -> Python
-    `{"type": "stop", "run": int}`; Python -> JS `{"type": "stop_ack", "run": int,
-    "accepted": bool}`. If no ack arrives within `ack_timeout_ms` (the kernel is busy in a
-    blocking cell) while the same run is still running, the front end POSTs
-    `{baseUrl}api/kernels/{kernel_id}/interrupt` once, i.e. sends the kernel one SIGINT;
-    without server config or kernel id, or if that fails, it shows a hint to interrupt by hand.
+    The message protocol is written down once, as types, in js/stop.js (`StopState`,
+    `StopRequest`, `StopAck`): synced traits `fit_id`, `running`, `kernel_id`,
+    `ack_timeout_ms`, `interrupt_on_busy`; custom messages `{"type": "stop", "fit_id"}`
+    (front end -> kernel) and `{"type": "stop_ack", "fit_id", "accepted"}` (kernel -> front
+    end). A kernel busy in a blocking fit reads the request at the next batch boundary
+    (`widget._kernel`); if no ack comes within `ack_timeout_ms` the front end interrupts the
+    kernel through the Jupyter server, or shows which front-end action interrupts it.
     """
 
     _esm = ESM_PATH
 
-    run_id = Int(0).tag(sync=True)
+    fit_id = Int(0).tag(sync=True)
     running = Bool(False).tag(sync=True)
     kernel_id = Unicode("").tag(sync=True)
-    #: An idle kernel acks within ~50 ms; a busy one (blocking fit) never does: then interrupt.
-    ack_timeout_ms = Int(400).tag(sync=True)
+    #: An idle kernel acks within ~50 ms; one busy in a blocking fit acks at the next batch
+    #: boundary when it reads messages there (`ack_timeout`), else never: then interrupt.
+    ack_timeout_ms = Int(ACK_IDLE_MS).tag(sync=True)
     #: False when the fit runs in a worker thread: a SIGINT would hit another cell, not the fit.
     interrupt_on_busy = Bool(True).tag(sync=True)
 
@@ -81,9 +95,9 @@ class StopButton(anywidget.AnyWidget):
         return current_kernel_id()
 
     def on_stop(self, callback: Callable[[int], bool | None], remove: bool = False) -> None:
-        """(Un)register `callback(run_id) -> bool`; return True to accept the stop request.
+        """(Un)register `callback(fit_id) -> bool`; return True to accept the stop request.
 
-        The run id may be stale (a queued click for a fit that already ended): compare it.
+        The fit id may be stale (a queued click for a fit that already ended): compare it.
         """
         self._stop_handlers.register_callback(callback, remove=remove)
 
@@ -92,9 +106,9 @@ class StopButton(anywidget.AnyWidget):
         if not isinstance(content, dict) or content.get("type") != "stop":
             _log.debug("StopButton: ignoring message %r", content)
             return
-        run = content.get("run")
-        if isinstance(run, bool) or not isinstance(run, int):
+        fit_id = content.get("fit_id")
+        if isinstance(fit_id, bool) or not isinstance(fit_id, int):
             accepted = False
         else:
-            accepted = bool(self._stop_handlers(run))
-        self.send({"type": "stop_ack", "run": run, "accepted": accepted})
+            accepted = bool(self._stop_handlers(fit_id))
+        self.send({"type": "stop_ack", "fit_id": fit_id, "accepted": accepted})

@@ -52,6 +52,24 @@ def lab(tmp_path_factory, artifacts_dir) -> Iterator[_lab.LabServer]:
 
 
 @pytest.fixture(scope="session")
+def notebook7(tmp_path_factory, artifacts_dir) -> Iterator[_lab.LabServer]:
+    """A Notebook 7 server (the `notebook` package), set up as `lab` is."""
+    base = tmp_path_factory.mktemp("notebook7")
+    log = artifacts_dir / "notebook7-server.log"
+    try:
+        server = _lab.start_lab(base, log, app="notebook")
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield server
+    problems = server.stop()
+    if problems:
+        pytest.fail(
+            "Notebook 7 did not shut down cleanly: " + "; ".join(problems) + f"\nlog: {log}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     if not os.access(_lab.CHROMIUM, os.X_OK):
         pytest.fail(

@@ -437,6 +437,15 @@ def heap_mb(page: Page) -> float:
 
 
 def test_blocking_fit_renders_live_and_stop_ends_the_cell(lab, page):
+    # The server's kernel-interrupt endpoint is blocked: the kernel reads Stop (and the
+    # picker) at a batch boundary by itself, as in a front end with no server to ask.
+    interrupts: list[str] = []
+
+    def refuse(route) -> None:
+        interrupts.append(route.request.url)
+        route.abort()
+
+    page.route("**/api/kernels/*/interrupt", refuse)
     w = open_waiting_widget(lab, page, BLOCKING_CELLS, "widget_blocking.ipynb")
     expect(w.stop).to_be_disabled()
     expect(w.stop).to_have_attribute("title", re.compile("Nothing to stop"))
@@ -458,7 +467,7 @@ def test_blocking_fit_renders_live_and_stop_ends_the_cell(lab, page):
     button, n = w.toggle(TOGGLED), N_LAYERS * DATA_CHARTS
     button.click()
     w.wait_visible_lines(n - DATA_CHARTS)
-    w.wait_heatmaps(f"hs.some((h) => h.title === {TOGGLED!r} && !h.shown)")
+    w.wait_heatmaps(f"!hs.some((h) => h.title === {TOGGLED!r} && h.shown)")
     button.click()
     w.wait_visible_lines(n)
     w.wait_heatmaps("hs.every((h) => h.shown)")
@@ -482,6 +491,8 @@ def test_blocking_fit_renders_live_and_stop_ends_the_cell(lab, page):
     assert dt < batch + SLACK_S, f"fit cell ended {dt:.3f} s after the click (batch {batch:.3f} s)"
 
     expect(w.header).to_contain_text(STOPPED)
+    expect(w.stop_status).to_have_text("Stopped.")  # acked: no interrupt, no hint
+    assert interrupts == [], interrupts
     e, b = stopped_at(w.header.inner_text())
     expect(w.stop).to_be_disabled()
     expect(w.stop).to_have_attribute("title", re.compile("Nothing to stop"))
