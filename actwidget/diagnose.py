@@ -15,8 +15,9 @@ The rules (thresholds are `AlertConfig` fields, their defaults in brackets):
   average over about the last three batches, in log scale), or so does the std of the
   gradient flowing back into it (scaled by the batch's size, so that a short last batch is
   no jump); or the activation std grows to `growth` (1000) times its level when the fit
-  began (in a model's first fit: at the end of the warm-up). The jump rules skip a model's
-  first `warmup` (10) batches, when every layer grows fast from its init. Levels below 1e-3
+  began (in a model's first fit: at the end of the warm-up). In a model's first `warmup`
+  (10) batches, when every layer grows fast from its init, an activation jump must reach
+  `jump`**2 (100x), and gradient jumps are not judged. Levels below 1e-3
   times the first hooked layer's (activations) or 1e-2 times the last hooked layer's
   (gradients) count as that floor, so that a dead layer's flicker is no jump.
 - "vanishing": a layer's smoothed activation std (about the last ten batches) stays below
@@ -26,18 +27,18 @@ The rules (thresholds are `AlertConfig` fields, their defaults in brackets):
   usually the output, whose logits start small by design (PyTorch's default init, zero-init
   or scaled-down heads) and grow as the model learns. (A default-init LSTM's outputs, about
   0.1 of an N(0, 1) embedding's, are small but no vanishing signal; hence `vanishing_std`.)
-- "dead", only for layers whose outputs are non-negative (ReLU-family): the smoothed
-  fraction of units (channels, or features) whose largest value over the whole batch was
-  <= near_zero stays at `dead_fraction` (0.6) or more for `patience` batches, or climbs by
-  `dead_rise` (0.4) above its lowest level in the fit; or the smoothed fraction of all values
-  near zero stays at `near_zero_fraction` (0.99) or more for `patience` batches. A batch
-  counts as non-negative when its mean is at least 0.75 times the mean |a| that its |a|
-  histogram's lower bin edges give (exactly 1x or more for non-negative values, about 0 for
-  signed ones). Signed layers (Linear, Conv, logits, Tanh...) are not judged: there "never
-  above near_zero" only means a unit's values stayed at or below it, and their smallness is
-  the vanishing rule's business. Small batches give more dead units per batch (a unit has
-  fewer chances to fire); a softmax layer's outputs look dead (do not hook one, or drop
-  "dead" from `kinds`).
+- "dead": units (channels, or features) that gave (almost) nothing over a whole batch: no
+  value above 1e-4 of the mean unit's response (`StatsConfig`'s dead units, judged only in
+  batches whose values are all >= 0: ReLU-like outputs; a uniformly small layer is no dead
+  layer, that is "vanishing"'s business). Alerted when the smoothed fraction of dead units
+  stays at `dead_fraction` (0.3) or more for `patience` batches, or climbs by `dead_rise`
+  (0.3) above its lowest level in the fit. Small batches give more dead units per batch (a
+  unit has fewer chances to fire); a softmax layer's small outputs are no dead units.
+
+Where several layers go wrong together, `summarize` reads them as one line per kind ("dead
+units in 90 of 98 layers (5-97), from batch 19"), and for NaN/inf it names the origin: the
+first layer, in forward order, whose output went non-finite at the first bad batch (its
+alert has `origin=True`: "NaN/inf first appeared here; N downstream layers followed").
 
 Each (kind, layer) alerts once per fit. Levels carry over from one fit to the next: a fit
 usually trains the same model on (a fit's first batch is never a jump, though: nothing
@@ -49,15 +50,15 @@ they are given: record training batches only (the default, `on_valid=False`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .stats import HIST, Alert, Field, StatsConfig, merge_groups
+from .stats import Alert, Field, merge_groups
 
-__all__ = ["KINDS", "AlertConfig", "Diagnoser"]
+__all__ = ["KINDS", "AlertConfig", "Diagnoser", "Summary", "headline", "summarize"]
 
 KINDS = ("nonfinite", "exploding", "vanishing", "dead")
 
@@ -65,7 +66,6 @@ _RECENT = 0.3  # weight of the newest batch in a layer's recent level (~ the las
 _SMOOTH = 0.1  # weight of the newest batch in the smoothed series (~ the last 10 batches)
 _ACT_FLOOR = math.log(1e-3)  # activation levels floored at 1e-3 x the first layer's
 _GRAD_FLOOR = math.log(1e-2)  # gradient levels floored at 1e-2 x the last layer's
-_NONNEG = 0.75  # mean >= this x (mean |a| from the lower bin edges): non-negative outputs
 _LOG_ZERO = -700.0  # the log level of a zero std
 _MAX_LOG = 700.0  # ratios are capped at exp(700) (no float overflow)
 _FIX_LR = "lower the learning rate, clip gradients (clip_grad_norm_) or add normalisation"
@@ -96,13 +96,13 @@ class AlertConfig:
     - `jump` (> 1): exploding when a std reaches this many times its recent level.
     - `growth` (> 1): exploding when an activation std reaches this many times its level
       when the fit began.
-    - `warmup` (>= 0): batches at a model's start that the jump rules skip.
+    - `warmup` (>= 0): batches at a model's start where an activation jump must be `jump`**2
+      and gradient jumps are not judged.
     - `vanishing_ratio` (0 to 1): vanishing below this fraction of the first layer's std...
     - `vanishing_std` (> 0): ...and below this std.
     - `patience` (>= 1): batches in a row that the vanishing and dead conditions must hold.
     - `dead_fraction` (0 to 1): dead when this fraction of units stays dead.
     - `dead_rise` (0 to 1): dead when the dead fraction climbs this much within a fit.
-    - `near_zero_fraction` (0 to 1): dead when this fraction of all values stays near zero.
     """
 
     kinds: tuple[str, ...] = KINDS
@@ -111,10 +111,9 @@ class AlertConfig:
     warmup: int = 10
     vanishing_ratio: float = 0.1
     vanishing_std: float = 0.05
-    patience: int = 20
-    dead_fraction: float = 0.6
-    dead_rise: float = 0.4
-    near_zero_fraction: float = 0.99
+    patience: int = 10
+    dead_fraction: float = 0.3
+    dead_rise: float = 0.3
 
     def __post_init__(self) -> None:
         kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
@@ -128,7 +127,7 @@ class AlertConfig:
         _check("vanishing_ratio", self.vanishing_ratio, 0, 1, open_lo=True, integer=False)
         _check("vanishing_std", self.vanishing_std, 0, 1e30, open_lo=True, integer=False)
         _check("patience", self.patience, 1, 1e9, open_lo=False, integer=True)
-        for name in ("dead_fraction", "dead_rise", "near_zero_fraction"):
+        for name in ("dead_fraction", "dead_rise"):
             _check(name, getattr(self, name), 0, 1, open_lo=True, integer=False)
 
 
@@ -148,8 +147,6 @@ class _Layer:
         "grad_numel",
         "level",
         "n",
-        "near",
-        "near_run",
         "ref",
         "smooth",
         "step",
@@ -166,10 +163,9 @@ class _Layer:
         self.grad_n = 0
         self.grad = math.nan  # recent level of log(gradient std x batch-size ratio)
         self.grad_numel = 0.0  # the gradient's first size: the batch-size reference
-        self.dead = math.nan  # smoothed dead-unit fraction (non-negative batches only)
+        self.dead = math.nan  # smoothed dead-unit fraction (batches whose units were judged)
         self.dead_low = math.inf  # its lowest value in this fit
-        self.near = math.nan  # smoothed near-zero fraction (non-negative batches only)
-        self.dead_run = self.near_run = self.vanish_run = 0
+        self.dead_run = self.vanish_run = 0
         self.gbad_at = -1  # the first batch of a run of non-finite gradients, unconfirmed
         self.gbad_run = 0  # its length so far
 
@@ -178,17 +174,11 @@ class Diagnoser:
     """Turns new columns into alerts; each (kind, layer) alerts once per fit.
 
     `layers`: the hooked layers' names in hooked order (the first is the vanishing rule's
-    reference). `stats_config`: how the |a| histogram is binned, to tell non-negative layers
-    from signed ones; None assumes `StatsConfig()`'s bins when the column width matches
-    (with other bins and no `stats_config`, only a negative mean marks a layer signed).
+    reference). `set_order` gives their forward order, when known (the recorder learns it
+    from the first batch): the origin of NaN/inf is the first layer in forward order.
     """
 
-    def __init__(
-        self,
-        config: AlertConfig,
-        layers: Iterable[str],
-        stats_config: StatsConfig | None = None,
-    ) -> None:
+    def __init__(self, config: AlertConfig, layers: Iterable[str]) -> None:
         self.config = config
         self.layers = list(layers)
         self._state = {name: _Layer() for name in self.layers}
@@ -198,10 +188,19 @@ class Diagnoser:
         self._log_growth = math.log(config.growth)
         self._log_vanishing_ratio = math.log(config.vanishing_ratio)
         self._log_vanishing_std = math.log(config.vanishing_std)
-        self._edges = np.asarray((stats_config or StatsConfig()).edges[:-1], float)
+        self._forward: dict[str, int] = {n: i for i, n in enumerate(self.layers)}
+        self._origin: str | None = None  # this fit's NaN/inf origin, once seen
+
+    def set_order(self, forward: Iterable[str]) -> None:
+        """The layers in the order the forward pass calls them (others keep hooked order,
+        after them)."""
+        order = [n for n in forward if n in self._state]
+        rest = [n for n in self.layers if n not in set(order)]
+        self._forward = {n: i for i, n in enumerate(order + rest)}
 
     def begin_fit(self) -> None:
         """A new fit: every alert may fire again; its first batch is no jump."""
+        self._origin = None
         self._seen.clear()
         for s in self._state.values():
             s.fresh = s.gfresh = True
@@ -231,6 +230,7 @@ class Diagnoser:
         first, last = self._state[self.layers[0]], self._state[self.layers[-1]]
         output = last if len(self.layers) >= 3 else None  # not judged by "vanishing"
         raised: list[Alert] = []
+        act_nan: list[Alert] = []  # raised for NaN/inf in an activation
         seen, kinds = self._seen, self._kinds
         name = ""
 
@@ -243,13 +243,16 @@ class Diagnoser:
                 )
 
         for row in zip(layer_of.tolist(), *self._derived(rows), strict=True):
-            i, step, act, grad, bad, gbad, std, near, dead, pos, gcount, gstd = row
+            i, step, act, grad, bad, gbad, std, dead, judged, gcount, gstd = row
             s, name, b = states[i], order[i], int(step)
             if b < s.step:  # batch indices went back: the recorder was reset, start over
                 s.__init__()
             s.step = b
             if bad > 0:
+                before = len(raised)
                 self._nonfinite(fire, b, bad)
+                if len(raised) > before and raised[before].layer == name:
+                    act_nan.append(raised[before])
             if grad:
                 self._nonfinite_grad(fire, s, b, gbad > 0)
             if act and bad == 0 and math.isfinite(std):  # a batch's activation, then gradient
@@ -257,29 +260,44 @@ class Diagnoser:
                 self._exploding(fire, s, first, b, std, lv)
                 if s is not first and s is not output:
                     self._vanishing(fire, s, first.smooth, b)
-                if pos:
-                    self._dead(fire, s, b, dead, near)
+                if judged:
+                    self._dead(fire, s, b, dead)
                 else:
-                    s.dead_run = s.near_run = 0
+                    s.dead_run = 0
             if grad and gcount > 1 and gbad == 0 and gstd == gstd:
                 self._grad(fire, s, last, b, gstd, gcount)
         if len(raised) > 1:  # confirmed gradient alerts may name an earlier batch
-            where = {n: i for i, n in enumerate(self.layers)}
-            raised.sort(key=lambda a: (a.batch, where[a.layer]))
-        return raised
+            where = self._forward
+            raised.sort(key=lambda a: (a.batch, where.get(a.layer, len(where))))
+        return self._origins(raised, act_nan)
+
+    def _origins(self, raised: list[Alert], act_nan: list[Alert]) -> list[Alert]:
+        """Name the origin of this fit's NaN/inf: of the layers whose activations went
+        non-finite at its first bad batch, the first in forward order; the others followed."""
+        if not act_nan:
+            return raised
+        new: dict[int, Alert] = {}
+        if self._origin is None:
+            first = min(a.batch for a in act_nan)
+            at_first = [a for a in act_nan if a.batch == first]
+            origin = min(at_first, key=lambda a: self._forward.get(a.layer, len(self._forward)))
+            self._origin = origin.layer
+            n = len(at_first) - 1
+            where = f"; it first appeared here ({n} downstream layer{'s' * (n != 1)} followed);"
+            msg = origin.message.replace(f"; {_FIX_LR}", f"{where} {_FIX_LR}")
+            new[id(origin)] = origin._replace(origin=True, message=msg)
+        for a in act_nan:
+            if id(a) not in new:
+                msg = a.message.replace(f"; {_FIX_LR}", f"; downstream of {self._origin}")
+                new[id(a)] = a._replace(message=msg)
+        return [new.get(id(a), a) for a in raised]
 
     def _derived(self, r: np.ndarray) -> list[list[Any]]:
         """The per-batch series the rules read, as plain lists (fast to loop over)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             std = _std(r[:, Field.M2], r[:, Field.COUNT])
-            near = r[:, Field.NEAR_ZERO] / r[:, Field.NUMEL]
             dead = r[:, Field.DEAD] / r[:, Field.UNITS]
             gstd = _std(r[:, Field.G_M2], r[:, Field.G_COUNT])
-            if len(self._edges) == r.shape[1] - HIST:
-                mean_abs = (r[:, HIST:] @ self._edges) / np.maximum(r[:, Field.COUNT], 1.0)
-            else:  # bins unknown: only a negative mean says "signed"
-                mean_abs = np.zeros(len(r))
-            nonneg = r[:, Field.MEAN] >= _NONNEG * mean_abs
         series = [
             r[:, Field.STEP_FIRST],
             r[:, Field.NUMEL] > 0,
@@ -287,9 +305,8 @@ class Diagnoser:
             r[:, Field.NONFINITE],
             r[:, Field.G_NONFINITE],
             std,
-            near,
             dead,
-            nonneg,
+            r[:, Field.UNITS] > 0,  # units judged: values all >= 0 in that batch
             r[:, Field.G_COUNT],
             gstd,
         ]
@@ -357,7 +374,7 @@ class Diagnoser:
         else:
             floor = first.smooth + _ACT_FLOOR if first.smooth == first.smooth else _LOG_ZERO
             up = lv - (s.level if s.level > floor else floor)
-            if up >= self._log_jump and warm:
+            if up >= (self._log_jump if warm else 2 * self._log_jump):  # warm-up: jump**2
                 ratio = math.exp(min(up, _MAX_LOG))
                 fire(
                     "exploding",
@@ -401,41 +418,31 @@ class Diagnoser:
                 f"{b}; {_FIX_INIT}",
             )
 
-    def _dead(self, fire: _Fire, s: _Layer, b: int, dead: float, near: float) -> None:
-        """Dead units in a non-negative layer: many, or ever more; or all values near zero."""
+    def _dead(self, fire: _Fire, s: _Layer, b: int, dead: float) -> None:
+        """Dead units (in a batch whose units were judged): many, or ever more."""
         cfg = self.config
-        if dead == dead:
-            s.dead = dead if s.dead != s.dead else s.dead + _SMOOTH * (dead - s.dead)
-            if s.dead < s.dead_low:
-                s.dead_low = s.dead
-            s.dead_run = s.dead_run + 1 if s.dead >= cfg.dead_fraction else 0
-            if s.dead_run >= cfg.patience:
-                fire(
-                    "dead",
-                    b,
-                    s.dead,
-                    f"{s.dead:.0%} of units stayed <= near_zero over whole batches for "
-                    f"{s.dead_run} batches, at batch {b} (dead units); {_FIX_DEAD}",
-                )
-            elif s.dead - s.dead_low >= cfg.dead_rise:
-                fire(
-                    "dead",
-                    b,
-                    s.dead,
-                    f"units dead over whole batches climbed from {s.dead_low:.0%} to "
-                    f"{s.dead:.0%} at batch {b}; {_FIX_DEAD}",
-                )
-        if near == near:
-            s.near = near if s.near != s.near else s.near + _SMOOTH * (near - s.near)
-            s.near_run = s.near_run + 1 if s.near >= cfg.near_zero_fraction else 0
-            if s.near_run >= cfg.patience:
-                fire(
-                    "dead",
-                    b,
-                    s.near,
-                    f"{s.near:.1%} of all values near zero for {s.near_run} batches, at batch "
-                    f"{b}: the layer is all but dead; {_FIX_DEAD}",
-                )
+        if dead != dead:
+            return
+        s.dead = dead if s.dead != s.dead else s.dead + _SMOOTH * (dead - s.dead)
+        if s.dead < s.dead_low:
+            s.dead_low = s.dead
+        s.dead_run = s.dead_run + 1 if s.dead >= cfg.dead_fraction else 0
+        if s.dead_run >= cfg.patience:
+            fire(
+                "dead",
+                b,
+                s.dead,
+                f"{s.dead:.0%} of units gave nothing over whole batches for {s.dead_run} "
+                f"batches, at batch {b} (dead units); {_FIX_DEAD}",
+            )
+        elif s.dead - s.dead_low >= cfg.dead_rise:
+            fire(
+                "dead",
+                b,
+                s.dead,
+                f"units that gave nothing over whole batches climbed from {s.dead_low:.0%} "
+                f"to {s.dead:.0%} at batch {b}; {_FIX_DEAD}",
+            )
 
 
 def _std(m2: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -472,3 +479,86 @@ def _repeats(same: np.ndarray, kind: np.ndarray) -> bool:
     group = np.cumsum(np.r_[True, ~same])
     g = group[kind]
     return bool((g[1:] == g[:-1]).any())
+
+
+# --- reading many alerts: one line per kind, the cause first ----------------------------------
+_PHRASE = {
+    "nonfinite": "NaN/inf",
+    "exploding": "exploding activations",
+    "vanishing": "vanishing activations",
+    "dead": "dead units",
+}
+GROUP = 4  # alerts of one kind in this many layers or more read as one line
+
+
+class Summary(NamedTuple):
+    """One line about alerts of one kind in one fit: a single alert, or a group of them.
+
+    `layers` in forward order; `origin`: where NaN/inf began (nonfinite only); `worst`: the
+    layer whose alert value is most extreme (the largest jump, the most dead units, the
+    smallest std)."""
+
+    kind: str
+    fit: int
+    batch: int  # the first alert's batch
+    layers: tuple[str, ...]
+    origin: str | None
+    worst: str
+    text: str
+    alerts: tuple[Alert, ...]
+
+
+def summarize(
+    alerts: Sequence[Alert], layers: Sequence[str] = (), group: int = GROUP
+) -> list[Summary]:
+    """`alerts` as lines: per fit and kind, one line for `group` or more layers ("dead units
+    in 90 of 98 layers (5-97), from batch 19"; NaN/inf names its origin), else a line per
+    alert (its message). `layers`: every recorded layer, in forward order (for the counts
+    and the positions). In order of first batch."""
+    where = {n: i for i, n in enumerate(layers)}
+    by: dict[tuple[int, str], list[Alert]] = {}
+    for a in alerts:
+        by.setdefault((a.fit, a.kind), []).append(a)
+    out: list[Summary] = []
+    for (fit, kind), mine in by.items():
+        mine = sorted(mine, key=lambda a: (a.batch, where.get(a.layer, len(where))))
+        origin = next((a.layer for a in mine if a.origin), None)
+        worst = (min if kind == "vanishing" else max)(mine, key=lambda a: a.value).layer
+        if len(mine) < group:
+            out += [Summary(kind, fit, a.batch, (a.layer,), origin if a.origin else None,
+                            a.layer, a.message, (a,)) for a in mine]  # fmt: skip
+            continue
+        names = tuple(sorted({a.layer for a in mine}, key=lambda n: where.get(n, len(where))))
+        total = len(layers) or len(names)
+        span = _ranges([where[n] for n in names if n in where])
+        span = f" ({span})" if span else ""
+        if kind == "nonfinite" and origin is not None:
+            text = (f"NaN/inf first appeared in {origin} at batch {mine[0].batch}; "
+                    f"{len(names) - 1} of {total} layers followed{span}")  # fmt: skip
+        else:
+            text = (f"{_PHRASE[kind]} in {len(names)} of {total} layers{span}, from batch "
+                    f"{mine[0].batch} (worst: {worst})")  # fmt: skip
+        out.append(Summary(kind, fit, mine[0].batch, names, origin, worst, text, tuple(mine)))
+    return sorted(out, key=lambda x: (x.fit, x.batch, x.kind != "nonfinite"))
+
+
+def headline(alerts: Sequence[Alert], layers: Sequence[str] = (), seen: int = 0) -> Summary | None:
+    """The line a header shows: in the latest fit, among alerts after the first `seen`
+    (those acknowledged), where NaN/inf began if it did, else the earliest alert."""
+    fresh = list(alerts[seen:])
+    if not fresh:
+        return None
+    fit = max(a.fit for a in fresh)
+    lines = summarize([a for a in fresh if a.fit == fit], layers)
+    return next((x for x in lines if x.kind == "nonfinite"), lines[0])
+
+
+def _ranges(positions: Iterable[int]) -> str:
+    """Sorted positions as ranges: "2, 5-9, 12"."""
+    out: list[str] = []
+    for p in sorted(set(positions)):
+        if out and out[-1][1] == p - 1:
+            out[-1][1] = p
+        else:
+            out.append([p, p])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)

@@ -79,7 +79,9 @@ class Alert(NamedTuple):
     """Something wrong, seen in a layer's stats: what, where, when, and what usually fixes it.
 
     `kind` is one of "nonfinite", "exploding", "vanishing", "dead"; `batch` is the batch
-    index (the charts' x) where it was seen; `value` the number that triggered it.
+    index (the charts' x) where it was seen; `value` the number that triggered it; `origin`:
+    this layer is where the fit's NaN/inf began (the first in forward order at the first bad
+    batch).
     """
 
     kind: str
@@ -89,6 +91,7 @@ class Alert(NamedTuple):
     value: float
     message: str
     fit: int = 1
+    origin: bool = False
 
 
 class StatsFileError(ValueError):

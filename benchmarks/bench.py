@@ -120,26 +120,58 @@ def step_table(device: str, rounds: int, steps: dict[str, int], compiled: bool) 
     return rows
 
 
+COMPILED_NETS = ("reference CNN", "TransformerEncoder")
+COMPILED_SETUPS = ("none", "actwidget default", "default + gradients")
+
+
 def compiled_rows(device: str, rounds: int, n: int) -> list[list]:
-    """torch.compile'd reference CNN: the hooks run eagerly between compiled graphs."""
+    """`torch.compile(model, fullgraph=True)` with and without recording, each setup in a
+    fresh process (in one process the compiler reuses one instance's code for another of
+    the same class, hooks or not); rounds interleave the setups, ratios are per round."""
+    import subprocess
+
+    rows = []
+    for net in COMPILED_NETS:
+        times: dict[str, list[float]] = {s: [] for s in COMPILED_SETUPS}
+        for _ in range(rounds):
+            for setup in COMPILED_SETUPS:
+                cmd = [sys.executable, __file__, "--compiled-one", net, setup, "--device", device,
+                       "--steps", str(n)]  # fmt: skip
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                times[setup].append(json.loads(out.strip().splitlines()[-1])["s"])
+        r = ratios(times)
+        rows += [[f"{net}, compiled (fullgraph)", s, f"{statistics.median(times[s]) * 1e3:.2f}",
+                  f"{r[s]:.3f}"] for s in COMPILED_SETUPS]  # fmt: skip
+    return rows
+
+
+def compiled_one(net: str, setup: str, device: str, n: int) -> float:
+    """Seconds per compiled training step of `net` with `setup` (run in a process of its own)."""
     from actwidget.models import CNN
 
     torch.manual_seed(0)
-    model = CNN().to(device)
-    run = torch.compile(model)
+    if net == "reference CNN":
+        model = CNN().to(device)
+        batches = make_batches(n + 5, 256, device)
+        mods = conv_outputs(model)
+    else:
+        model = Encoder().to(device)
+        g = torch.Generator().manual_seed(0)
+        ids = [torch.randint(0, 100, (32, 32), generator=g) for _ in range(n + 5)]
+        batches = [(x.to(device), x[:, 0].remainder(10).to(device)) for x in ids]
+        mods = encoder_modules(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    batches = make_batches(n, 256, device)
-    mods = conv_outputs(model)
-    setups = ["none", "actwidget default"]
-    times: dict[str, list[float]] = {s: [] for s in setups}
-    for s in setups:  # compile (and recompile with the hooks' graph breaks) before timing
-        train_steps(run, batches[:3], s, mods, opt, warmup=3)
-    for _ in range(rounds):
-        for s in setups:
-            times[s].append(train_steps(run, batches, s, mods, opt))
-    r = ratios(times)
-    return [["reference CNN, compiled", s, f"{statistics.median(times[s]) * 1e3:.2f}",
-             f"{r[s]:.3f}"] for s in setups]  # fmt: skip
+    handle = SETUPS[setup](model, mods)  # hooks first, then compile: traced into the graph
+    run = torch.compile(model, fullgraph=True)
+
+    def one_step(batch) -> None:
+        xb, yb = batch
+        F.cross_entropy(run(xb), yb).backward()
+        opt.step()
+        opt.zero_grad()
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return timed(handle, one_step, batches[5:], batches[:5], sync=sync)
 
 
 def per_call_table(rounds: int, passes: int) -> list[list]:
@@ -273,6 +305,36 @@ def estimator_table(device: str) -> list[list]:
                      f"{np.abs(s.std / e.std - 1).max():.1e}",
                      f"{np.abs(s.near_zero - e.near_zero).max():.4f}",
                      f"{0.5 * np.abs(ps - pe).sum(1).max():.4f}"])  # fmt: skip
+    return rows
+
+
+def moments_accuracy_table() -> list[list]:
+    """3b: mean and std of large activations (12.8M values) against float64: the recorder's
+    partial sums (float32 runs of at most 16384 values, added in float64) vs one float32
+    `sum` and `dot` over the whole activation (what the recorder did before)."""
+    from actwidget.recorder import StatsHooks
+
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for name, make in [
+        ("N(0, 1)", lambda: torch.randn(256, 64, 28, 28, generator=g)),
+        ("ReLU(N(0.5, 1))", lambda: (torch.randn(256, 64, 28, 28, generator=g) + 0.5).relu()),
+        ("N(3, 0.5)", lambda: 3 + 0.5 * torch.randn(256, 64, 28, 28, generator=g)),
+    ]:
+        x = make()
+        ref = x.double().reshape(-1)
+        rm, rs = ref.mean().item(), ref.std().item()
+        flat = x.reshape(-1)
+        n = flat.numel()
+        s1, s2 = flat.sum().item(), torch.dot(flat, flat).item()
+        old_std = ((s2 - s1 * s1 / n) / (n - 1)) ** 0.5
+        layer = torch.nn.Identity()
+        with StatsHooks([layer], alerts=False) as hooks:
+            layer(x)
+            hooks.step()
+        st = hooks.stats[hooks.names[0]]
+        rows.append([name, f"{abs(st.mean[0] - rm) / rs:.1e}", f"{abs(st.std[0] / rs - 1):.1e}",
+                     f"{abs(s1 / n - rm) / rs:.1e}", f"{abs(old_std / rs - 1):.1e}"])  # fmt: skip
     return rows
 
 
@@ -506,7 +568,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", help="run only the sections whose title contains this")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    ap.add_argument("--compiled-one", nargs=2, metavar=("NET", "SETUP"), help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=40, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.compiled_one:
+        s = compiled_one(*args.compiled_one, args.device, args.steps)
+        print(json.dumps({"s": s}))
+        return
     logging.getLogger("actwidget").setLevel(logging.ERROR)  # the alerts of the test nets
     rounds = 3 if args.quick else 9
     steps = {"reference CNN": 20 if args.quick else 100, "heavy CNN": 2 if args.quick else 4}
@@ -529,6 +597,9 @@ def main(argv: list[str] | None = None) -> None:
         ("2b. Deep models: training step with every interesting module hooked, 1 thread",
          ["net", "hooked", "hooks", "ms/step, no hooks", "ratio", "us per hooked layer"],
          lambda: deep_table(rounds, 10 if args.quick else 30)),
+        ("3b. Mean and std of a 12.8M-value activation vs float64 (relative to the std)",
+         ["values", "mean err", "std rel err", "float32 sum: mean err", "float32 sum+dot: std"],
+         moments_accuracy_table),
         ("3. Sampled histogram and near-zero fraction vs exact, heavy net, 4 batches",
          ["layer", "values/batch", "mean err / std", "std rel err", "near-zero abs err",
           "hist TV distance"], lambda: estimator_table(args.device)),

@@ -328,9 +328,13 @@ class StatsHooks:
         if not self._collector.boundary(self._clock.batch):
             return False
         self._clock.batch_done()
+        if len(self._collector.forward) > len(self._sinks.forward):  # learnt from a batch
+            self._sinks.set_order([self.names[i] for i in self._collector.forward])
         self._sinks.count_batch()
         due = self._sinks.due()
-        self._take_arrived(wait=due)
+        # With stop_on, the rules see each batch by the next boundary: its copy is waited
+        # for then (on an accelerator; it is long done by then, almost always).
+        self._take_arrived(wait=due, upto=self._clock.batch - 2 if self.stop_on else -1)
         if due:
             self._flush()
         self._sinks.listeners.emit(Event.BATCH, self)
@@ -346,10 +350,10 @@ class StatsHooks:
             # the last one), so that all stop at the same batch and none alone.
             self._agreed = comb.agree_stop(self._clock.stop_requested) or self._agreed
 
-    def _take_arrived(self, wait: bool) -> None:
+    def _take_arrived(self, wait: bool, upto: int = -1) -> None:
         """Packed copies that reached the host -> columns -> the sinks; shifts updated."""
         with self._take:
-            for batch in self._collector.arrived(wait):
+            for batch in self._collector.arrived(wait, upto):
                 layers, cols = columns(batch.rows, batch.index, self.config)
                 self._update_shifts(layers, cols)
                 self._sinks.add(layers, cols, self._clock.fit, self._clock.epoch_of)

@@ -66,13 +66,15 @@ class _Device:
             self.flight.append((index, host, event))
         self.acc.masked_fill_(self.clear, 0.0)
 
-    def pop(self, wait: bool) -> list[tuple[int, np.ndarray]]:
-        """The copies that have arrived (all of them when `wait`), oldest first."""
+    def pop(self, wait: bool, upto: int = -1) -> list[tuple[int, np.ndarray]]:
+        """The copies that have arrived (all of them when `wait`; those of batches up to
+        `upto` in any case), oldest first."""
         out = []
         while self.flight:
             index, host, event = self.flight[0]
             if event is not None:
-                if not wait and not event.query() and len(self.flight) < _RING:
+                due = wait or index <= upto or len(self.flight) >= _RING
+                if not due and not event.query():
                     break
                 event.synchronize()
             self.flight.popleft()
@@ -92,6 +94,7 @@ class Collector:
         self._devices: dict[torch.device, _Device] = {}
         self._filled: list[Tap] = []
         self._lock = threading.Lock()
+        self.forward: list[int] = []  # layers in the order the last batch first called them
 
     # --- what hooks use ------------------------------------------------------------------
     def prepare(self, taps: list[Tap], devices: set[torch.device]) -> None:
@@ -156,6 +159,7 @@ class Collector:
                 tap.listed = False
         if not touched and not filled:
             return False
+        self.forward = [tap.index for tap in filled]  # eager calls: the forward order
         by_device: dict[torch.device, list[Filled]] = {}
         for tap in filled:
             if tap.fwd is not None and tap.grad is not None and tap.fwd is not tap.grad:
@@ -186,12 +190,13 @@ class Collector:
             except Exception as e:
                 taps[entry.row].warn(f"not summarisable at the batch end ({type(e).__name__}: {e})")
 
-    def arrived(self, wait: bool = False) -> list[Batch]:
-        """Packed copies that reached the host, in batch order (all of them when `wait`):
-        one (layers, fields) array per batch, summed over devices."""
+    def arrived(self, wait: bool = False, upto: int = -1) -> list[Batch]:
+        """Packed copies that reached the host, in batch order (all of them when `wait`;
+        those of batches up to `upto` in any case): one (layers, fields) array per batch,
+        summed over devices."""
         got: dict[int, np.ndarray] = {}
         for d in self._devices.values():
-            for index, rows in d.pop(wait):
+            for index, rows in d.pop(wait, upto):
                 got[index] = got[index] + rows if index in got else rows
         return [Batch(i, got[i]) for i in sorted(got)]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..diagnose import AlertConfig, Diagnoser
+from ..diagnose import AlertConfig, Diagnoser, summarize
 from ..source import Event, Listeners, RunStatus
 from ..stats import Alert, FitMark, RunStats, StatsConfig
 
@@ -51,6 +51,7 @@ class Sinks:
         self.writer: Any = None  # a runfile.RunWriter (on the writing rank)
         self.combiner: Any = None  # a _dist.Combiner under torch.distributed
         self.diagnoser: Diagnoser | None = None
+        self.forward: list[str] = []  # the layers in forward order, once known
         self._local: Diagnoser | None = None  # distributed + stop_on: this rank's own rules
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._alerts: list[Alert] = []  # raised, not published yet
@@ -63,12 +64,12 @@ class Sinks:
     def bind(self, config: StatsConfig) -> None:
         """The rules, once the layer names are known."""
         if self.alert_config is not None and self.diagnoser is None:
-            self.diagnoser = Diagnoser(self.alert_config, self.names, config)
+            self.diagnoser = Diagnoser(self.alert_config, self.names)
 
     def distribute(self, combiner: Any) -> None:
         self.combiner = combiner
         if combiner is not None and self.stop_on and self.alert_config is not None:
-            self._local = Diagnoser(self.alert_config, self.names, self.stats.config)
+            self._local = Diagnoser(self.alert_config, self.names)
 
     # --- columns in -------------------------------------------------------------------------
     def count_batch(self) -> None:
@@ -140,11 +141,19 @@ class Sinks:
     def _publish_alerts(self, alerts: list[Alert]) -> None:
         for a in alerts:
             self.stats.add_alert(a)
-            _log.warning("actwidget alert: %s", a.message)
             if self.writer is not None:
                 self.writer.alert(a)
             if a.kind in self.stop_on:
                 self.request_stop()
+        for line in summarize(alerts, self.forward or self.names):
+            _log.warning("actwidget alert: %s", line.text)
+
+    def set_order(self, forward: list[str]) -> None:
+        """The layers in forward order (learnt from the first batch)."""
+        self.forward = forward
+        for d in (self.diagnoser, self._local):
+            if d is not None:
+                d.set_order(forward)
 
     def drop(self) -> None:
         """Forget what was not published (a failed distributed fit, a reset)."""
