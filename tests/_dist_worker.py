@@ -7,6 +7,9 @@ per rank, with `StatsHooks(..., run_dir=RUN_DIR, root_rank=ROOT)` (ROOT: 0 by de
   forward hook) to OUT/acts{rank}.pt, so the test can pool them itself;
 - `stop`: trains until the hooks say stop (at most 120 s); writes OUT/rank{rank}.json
   with its last step and the time it stopped; OUT/pid{rank} holds its pid once it runs.
+- `tp`: tensor parallelism over both ranks: a column-wise sharded Linear (its output a
+  DTensor sharded on the features) and a row-wise one (output replicated); STEPS forward
+  passes; rank 0 saves the full logical outputs to OUT/full.pt.
 """
 
 from __future__ import annotations
@@ -39,9 +42,50 @@ def model_() -> nn.Sequential:
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
+def tensor_parallel(out: Path, run_dir: Path, steps: int) -> None:
+    """`tp` mode: the recorded stats of DTensor outputs are those of the full tensors."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    rank = dist.get_rank()
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Linear(16, 4))
+    parallelize_module(
+        model,
+        mesh,
+        {
+            "0": ColwiseParallel(use_local_output=False),
+            "1": RowwiseParallel(use_local_output=False),
+        },
+    )
+    full: dict[int, list] = {0: [], 1: []}
+    for i, m in enumerate(model):
+        m.register_forward_hook(
+            lambda m, a, o, i=i: full[i].append(o.full_tensor().detach().numpy().copy())
+        )
+    config = StatsConfig(sample_size=None)
+    hooks = StatsHooks(list(model), model=model, config=config, run_dir=run_dir, flush_every=2)
+    with hooks, torch.no_grad():
+        for step in range(steps):
+            g = torch.Generator().manual_seed(step)  # the same input on every rank
+            model(torch.randn(8, 6, generator=g) * 2 + 1)
+            hooks.step()
+    if rank == 0:
+        torch.save(full, out / "full.pt")
+
+
 def main(mode: str, out: Path, run_dir: Path, steps: int, root: int) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
+    if mode == "tp":
+        tensor_parallel(out, run_dir, steps)
+        dist.destroy_process_group()
+        return
     torch.set_num_threads(1)
     model = model_()
     ddp = DistributedDataParallel(model)

@@ -145,3 +145,18 @@ def test_ctrl_c_on_one_rank_stops_both_at_the_same_step(tmp_path):
     took = max(r0["time"], r1["time"]) - asked
     print(f"\nCtrl-C on rank 1: both ranks stopped at step {r0['step']}, {took:.3f} s after")
     assert took < STOP_WITHIN, took
+
+
+def test_dtensor_outputs_are_recorded_as_their_full_tensors(tmp_path):
+    """Tensor parallelism: a sharded output is recorded from every rank's shard, a
+    replicated one once; the pooled columns are the stats of the full logical tensors."""
+    proc, out, run = launch("tp", tmp_path, steps=5)
+    finish(proc)
+    full = torch.load(out / "full.pt", weights_only=False)  # numpy arrays, written by the test
+    stats = read_run(run)
+    config = StatsConfig(sample_size=None)
+    for i, name in enumerate(stats):
+        s = stats[name]
+        assert len(s) == 5, name
+        for b, t in enumerate(full[i]):
+            assert_column(s, b, [torch.from_numpy(t)], config)
