@@ -170,6 +170,20 @@ export function bindMarks(model, getModel, onApply = () => {}) {
     onApply();
   }
 
+  // A mark's new labels come with its new x and y in one update. Setting the mark's
+  // `visible` or `curves_subset` from inside that update's change:labels event would make
+  // Backbone drop the x/y change (the model then never recomputes its curves, and the
+  // chart keeps showing old batches): apply once the update is over.
+  let pending = false;
+  function applySoon() {
+    if (pending) return;
+    pending = true;
+    queueMicrotask(() => {
+      pending = false;
+      apply();
+    });
+  }
+
   /** Selected layers that no bound mark has a curve for yet (the kernel draws them). */
   function waiting() {
     if (!marks.length) return 0;
@@ -196,10 +210,10 @@ export function bindMarks(model, getModel, onApply = () => {}) {
     const gen = ++generation;
     const [m, f] = await Promise.all([resolve(model.get("marks")), resolve(model.get("figures"))]);
     if (disposed || gen !== generation) return;
-    for (const mark of marks) mark.off("change:labels", apply);
+    for (const mark of marks) mark.off("change:labels", applySoon);
     marks = m;
     figures = f;
-    for (const mark of marks) mark.on("change:labels", apply);
+    for (const mark of marks) mark.on("change:labels", applySoon);
     apply();
   }
 
@@ -211,9 +225,10 @@ export function bindMarks(model, getModel, onApply = () => {}) {
   function dispose() {
     disposed = true;
     model.off("change:selected", apply);
+    model.off("change:labels", apply);
     model.off("change:marks", rebind);
     model.off("change:figures", rebind);
-    for (const mark of marks) mark.off("change:labels", apply);
+    for (const mark of marks) mark.off("change:labels", applySoon);
   }
   return { apply, highlight, waiting, dispose, ready };
 }

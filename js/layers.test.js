@@ -24,9 +24,16 @@ function fakeModel(attrs = {}) {
   const model = {
     saves: 0,
     get: (k) => state[k],
+    nestedSets: 0, // set() called from inside one of this model's own change events
     set(k, v) {
+      if (model.inEvent) model.nestedSets += 1;
       state[k] = v;
-      for (const fn of [...(handlers.get(`change:${k}`) ?? [])]) fn();
+      model.inEvent = true;
+      try {
+        for (const fn of [...(handlers.get(`change:${k}`) ?? [])]) fn();
+      } finally {
+        model.inEvent = false;
+      }
     },
     save_changes() {
       model.saves += 1;
@@ -177,7 +184,9 @@ test("bindMarks hides unselected curves and figures in the browser, and follows 
   assert.deepEqual(mark.get("curves_subset"), [1]);
   assert.equal(layout.get("display"), null);
   mark.set("labels", ["b", "c"]); // the kernel redrew with other layers
+  await flush(); // applied once the mark's update is over, never inside it
   assert.deepEqual(mark.get("curves_subset"), [0]);
+  assert.equal(mark.nestedSets, 0);
   ctl.highlight("c");
   assert.deepEqual(mark.get("opacities"), [FADED, 1]);
   ctl.highlight(null);
@@ -288,5 +297,6 @@ test("picker: says how many selected layers wait for the kernel to be drawn", as
   all(el, (n) => n.className.includes("aw-all"))[0].fire("click"); // kernel busy: not drawn
   assert.equal(count.textContent, "6 of 6 layers shown · 5 drawn when the kernel is free");
   mark.set("labels", NAMES); // the kernel caught up
+  await flush();
   assert.equal(count.textContent, "6 of 6 layers shown");
 });
