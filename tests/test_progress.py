@@ -135,7 +135,7 @@ def test_loss_plot_is_not_flattened_by_a_spike_and_marks_nan(monkeypatch):
 
 
 def test_a_plot_failure_is_logged_and_never_stops_the_fit(monkeypatch, caplog):
-    import actwidget.widget._ranges as ranges
+    import actwidget.ranges as ranges
 
     monkeypatch.setattr(progress_mod, "in_notebook", lambda: True)
     monkeypatch.setattr(progress_mod, "display", lambda *a, **k: None)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from IPython.display import display
 
+from actwidget import ranges
 from actwidget._util import in_notebook
 from actwidget.callbacks.metrics import MetricsCB
 from actwidget.learner import Callback
@@ -178,23 +179,20 @@ class ProgressCB(Callback):
 
     def _draw_plot(self) -> None:
         """Copy new losses to the host in one transfer and update the lines."""
-        from actwidget.widget._marks import polygons
-        from actwidget.widget._ranges import clip, line_arrays, robust_range
-
         self._last_plot = time.perf_counter()
         self._train_y = _append(self._train_y, self._pending)
         self._valid_y = _append(self._valid_y, self._pending_valid)
         self._pending, self._pending_valid = [], []
         tx = np.asarray(self._train_x, np.float64)
         vx = np.asarray(self._valid_x, np.float64)
-        r = robust_range([self._train_y, self._valid_y])
+        r = ranges.robust_range([self._train_y, self._valid_y])
         above, below = [], []
         for line, x, y in (
             (self.train_line, tx, self._train_y),
             (self.valid_line, vx, self._valid_y),
         ):
-            c = clip(y, r)
-            xs, ys, _ = line_arrays(x, c.y)  # one curve: ends on a finite point
+            c = ranges.clip(y, r)
+            xs, ys, _ = ranges.line_arrays(x, c.y)  # one curve: ends on a finite point
             with line.hold_sync():
                 line.x = xs if xs.ndim == 1 else xs.reshape(-1)[: ys.size]
                 line.y = ys.reshape(-1)
@@ -209,7 +207,7 @@ class ProgressCB(Callback):
                 mark.x, mark.y = x, np.full(len(x), edge, np.float32)
         bad = np.flatnonzero(~np.isfinite(self._train_y))
         step = float(np.median(np.diff(tx))) if len(tx) > 1 else 1.0
-        bx, by = polygons(tx[bad] - step / 2, tx[bad] + step / 2, 0.0, 1.0)
+        bx, by = ranges.polygons(tx[bad] - step / 2, tx[bad] + step / 2, 0.0, 1.0)
         with self.nonfinite.hold_sync():
             self.nonfinite.x, self.nonfinite.y = bx, by
             self.nonfinite.fill_opacities = [0.3] * len(bad)
