@@ -3,7 +3,7 @@
 One multi-line bqplot mark per chart holds the selected layers only (so what is sent grows
 with the selection, not with the model), a second one a reference run, faded. Std and
 gradient std are on a log axis by default. The y range holds the bulk of every line, not
-its spikes (`_ranges.robust_range`); points beyond it sit on the edge with a triangle, and
+its spikes (`actwidget.ranges.robust_range`); points beyond it sit on the edge with a triangle, and
 the title counts them. Red bands mark non-finite batches, dashed rules each fit's start,
 black rules each alert. Everything crosses as float32 buffers, in one message per mark.
 """
