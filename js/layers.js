@@ -6,6 +6,9 @@
  * Message protocol: synced traits only, no custom messages.
  * @typedef {Object} PickerState
  * @property {string[]} names     every layer in model order, e.g. "blocks.3.mlp.fc1 (Linear)"
+ * @property {string[]} labels    each layer's display name (same order; Python's
+ *                                `display_name`): its chip's text, the `labels` of its
+ *                                curves and the `title` of its heatmap; missing: the name
  * @property {string[]} colors    one CSS colour per name (same order)
  * @property {string[]} selected  the layers shown; written by Python (show_layers, alerts)
  *                                and by this view (clicks), in either order
@@ -18,10 +21,10 @@
  *                                without sending `selected`, which could undo clicks
  *                                still queued behind a blocking fit.)
  * @property {string[]} marks     "IPY_MODEL_<id>" refs of bqplot multi-line marks whose curve
- *                                `labels` are layer names: curves not selected are hidden
- *                                here (`curves_subset`, `visible`), browser-side only
- * @property {string[]} figures   refs of per-layer figures whose `title` is a layer name:
- *                                hidden here (`layout.display`) when not selected
+ *                                `labels` are layers' display names: curves not selected are
+ *                                hidden here (`curves_subset`, `visible`), browser-side only
+ * @property {string[]} figures   refs of per-layer figures whose `title` is a layer's display
+ *                                name: hidden here (`layout.display`) when not selected
  *
  * Why browser-side hiding: while a blocking fit runs, the kernel handles no message from the
  * browser until the cell ends, so a click must act here. The kernel redraws with the new
@@ -70,11 +73,18 @@ export function pathOf(name) {
   return i > 0 ? name.slice(0, i) : name;
 }
 
+/** name -> display name, from the model's `names` and `labels` (a name is its own label
+ * when `labels` lacks it). */
+export function labelMap(names, labels) {
+  return new Map((names ?? []).map((n, i) => [n, labels?.[i] ?? n]));
+}
+
 /**
  * Group names by module path: a tree of {key, label, leaves: [{name, label}], groups}.
- * A group whose only content is one subgroup merges with it ("blocks.3.mlp").
+ * A group whose only content is one subgroup merges with it ("blocks.3.mlp"). A leaf's
+ * label is its display name (`labelOf`), the same wherever the layer is shown.
  */
-export function buildTree(names) {
+export function buildTree(names, labelOf = new Map()) {
   const root = { key: "", label: "", leaves: [], groups: [], index: new Map() };
   for (const name of names) {
     const parts = pathOf(name).split(".");
@@ -89,8 +99,7 @@ export function buildTree(names) {
       }
       node = child;
     }
-    const rest = name.slice(pathOf(name).length);
-    node.leaves.push({ name, label: node === root ? name : parts[parts.length - 1] + rest });
+    node.leaves.push({ name, label: labelOf.get(name) ?? name });
   }
   const collapse = (node) => {
     node.groups = node.groups.map(collapse);
@@ -153,9 +162,15 @@ export function bindMarks(model, getModel, onApply = () => {}) {
         .map((r) => Promise.resolve(getModel(r.slice(REF.length))).catch(() => null)),
     ).then((ms) => ms.filter(Boolean));
 
+  /** Display names of the selected layers: what curves and figures are labelled by. */
+  const selectedLabels = () => {
+    const labelOf = labelMap(model.get("names"), model.get("labels"));
+    return new Set((model.get("selected") ?? []).map((n) => labelOf.get(n) ?? n));
+  };
+
   function apply() {
     if (disposed) return;
-    const selected = new Set(model.get("selected") ?? []);
+    const selected = selectedLabels();
     for (const mark of marks) {
       const { visible, subset } = subsetFor(mark.get("labels") ?? [], selected);
       if (mark.get("visible") !== visible) mark.set("visible", visible);
@@ -170,14 +185,30 @@ export function bindMarks(model, getModel, onApply = () => {}) {
     onApply();
   }
 
+  // A mark's new labels come with its new x and y in one update. Setting the mark's
+  // `visible` or `curves_subset` from inside that update's change:labels event would make
+  // Backbone drop the x/y change (the model then never recomputes its curves, and the
+  // chart keeps showing old batches): apply once the update is over.
+  let pending = false;
+  function applySoon() {
+    if (pending) return;
+    pending = true;
+    queueMicrotask(() => {
+      pending = false;
+      apply();
+    });
+  }
+
   /** Selected layers that no bound mark has a curve for yet (the kernel draws them). */
   function waiting() {
     if (!marks.length) return 0;
     const drawn = new Set(marks.flatMap((m) => m.get("labels") ?? []));
-    return (model.get("selected") ?? []).filter((n) => !drawn.has(n)).length;
+    return [...selectedLabels()].filter((n) => !drawn.has(n)).length;
   }
 
   function highlight(name) {
+    const labelOf = labelMap(model.get("names"), model.get("labels"));
+    const label = name === null ? null : (labelOf.get(name) ?? name);
     for (const mark of marks) {
       const labels = mark.get("labels") ?? [];
       if (name === null) {
@@ -188,7 +219,7 @@ export function bindMarks(model, getModel, onApply = () => {}) {
       if (!base.has(mark)) base.set(mark, mark.get("opacities") ?? [1]);
       const o = base.get(mark);
       const at = (i) => Number(o[i % Math.max(o.length, 1)] ?? 1);
-      mark.set("opacities", labels.map((l, i) => (l === name ? 1 : at(i) * FADED)));
+      mark.set("opacities", labels.map((l, i) => (l === label ? 1 : at(i) * FADED)));
     }
   }
 
@@ -196,14 +227,15 @@ export function bindMarks(model, getModel, onApply = () => {}) {
     const gen = ++generation;
     const [m, f] = await Promise.all([resolve(model.get("marks")), resolve(model.get("figures"))]);
     if (disposed || gen !== generation) return;
-    for (const mark of marks) mark.off("change:labels", apply);
+    for (const mark of marks) mark.off("change:labels", applySoon);
     marks = m;
     figures = f;
-    for (const mark of marks) mark.on("change:labels", apply);
+    for (const mark of marks) mark.on("change:labels", applySoon);
     apply();
   }
 
   model.on("change:selected", apply);
+  model.on("change:labels", apply);
   model.on("change:marks", rebind);
   model.on("change:figures", rebind);
   const ready = rebind();
@@ -211,9 +243,10 @@ export function bindMarks(model, getModel, onApply = () => {}) {
   function dispose() {
     disposed = true;
     model.off("change:selected", apply);
+    model.off("change:labels", apply);
     model.off("change:marks", rebind);
     model.off("change:figures", rebind);
-    for (const mark of marks) mark.off("change:labels", apply);
+    for (const mark of marks) mark.off("change:labels", applySoon);
   }
   return { apply, highlight, waiting, dispose, ready };
 }
@@ -310,7 +343,7 @@ export function createPicker({ model, el, document, marks, onUpdate }) {
     for (const leaf of leaves) {
       const chip = make("button", "aw-layer");
       chip.dataset.layer = leaf.name;
-      chip.title = leaf.name;
+      chip.title = leaf.label;
       const swatch = make("span", "aw-swatch");
       swatch.style.background = colors[index.get(leaf.name)] ?? "#555";
       chip.append(swatch, make("span", "aw-label", leaf.label));
@@ -329,7 +362,7 @@ export function createPicker({ model, el, document, marks, onUpdate }) {
   function build() {
     chips = new Map();
     groups = [];
-    const t = buildTree(names());
+    const t = buildTree(names(), labelMap(names(), model.get("labels")));
     const parts = [leavesEl(t.leaves), ...t.groups.map((g) => groupEl(g, 0))];
     tree.replaceChildren(...parts);
     update();
@@ -382,6 +415,7 @@ export function createPicker({ model, el, document, marks, onUpdate }) {
   const onNames = () => build();
   model.on("change:names", onNames);
   model.on("change:colors", onNames);
+  model.on("change:labels", onNames);
   model.on("change:selected", update);
   model.on("change:alerted", update);
   model.on("change:filter", update);
@@ -393,6 +427,7 @@ export function createPicker({ model, el, document, marks, onUpdate }) {
   return () => {
     model.off("change:names", onNames);
     model.off("change:colors", onNames);
+    model.off("change:labels", onNames);
     model.off("change:selected", update);
     model.off("change:alerted", update);
     model.off("change:filter", update);

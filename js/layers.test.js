@@ -8,6 +8,7 @@ import widget, {
   buildTree,
   createPicker,
   globToRegExp,
+  labelMap,
   leavesOf,
   matches,
   pathOf,
@@ -24,9 +25,16 @@ function fakeModel(attrs = {}) {
   const model = {
     saves: 0,
     get: (k) => state[k],
+    nestedSets: 0, // set() called from inside one of this model's own change events
     set(k, v) {
+      if (model.inEvent) model.nestedSets += 1;
       state[k] = v;
-      for (const fn of [...(handlers.get(`change:${k}`) ?? [])]) fn();
+      model.inEvent = true;
+      try {
+        for (const fn of [...(handlers.get(`change:${k}`) ?? [])]) fn();
+      } finally {
+        model.inEvent = false;
+      }
     },
     save_changes() {
       model.saves += 1;
@@ -134,8 +142,10 @@ test("buildTree groups by module path and merges single-child chains", () => {
   );
   assert.deepEqual(
     blocks.groups[0].leaves.map((l) => l.label),
-    ["fc1 (Linear)", "act (ReLU)"],
+    ["blocks.0.fc1 (Linear)", "blocks.0.act (ReLU)"], // the layer's one name, everywhere
   );
+  const shown = buildTree(NAMES, labelMap(NAMES, NAMES.map((n) => `<${n}>`)));
+  assert.equal(shown.groups[0].groups[0].leaves[0].label, `<${NAMES[1]}>`);
   assert.deepEqual(leavesOf(blocks), NAMES.slice(1, 5));
   assert.equal(pathOf("a.b (X)"), "a.b");
   assert.equal(pathOf("plain"), "plain");
@@ -177,7 +187,9 @@ test("bindMarks hides unselected curves and figures in the browser, and follows 
   assert.deepEqual(mark.get("curves_subset"), [1]);
   assert.equal(layout.get("display"), null);
   mark.set("labels", ["b", "c"]); // the kernel redrew with other layers
+  await flush(); // applied once the mark's update is over, never inside it
   assert.deepEqual(mark.get("curves_subset"), [0]);
+  assert.equal(mark.nestedSets, 0);
   ctl.highlight("c");
   assert.deepEqual(mark.get("opacities"), [FADED, 1]);
   ctl.highlight(null);
@@ -186,6 +198,28 @@ test("bindMarks hides unselected curves and figures in the browser, and follows 
   ctl.dispose();
   assert.equal(model.listeners(), 0);
   assert.equal(mark.listeners(), 0);
+});
+
+test("bindMarks matches curves and figures by display name when labels differ", async () => {
+  const mark = fakeModel({ labels: ["A", "B"], visible: true, curves_subset: [], opacities: [1] });
+  const layout = fakeModel({ display: null });
+  const fig = fakeModel({ title: "B", layout });
+  const models = { m1: mark, f1: fig };
+  const model = fakeModel({
+    names: ["a", "b"], labels: ["A", "B"], selected: ["a", "b"],
+    marks: ["IPY_MODEL_m1"], figures: ["IPY_MODEL_f1"],
+  });
+  const ctl = bindMarks(model, (id) => Promise.resolve(models[id]));
+  await ctl.ready;
+  model.set("selected", ["a"]);
+  assert.deepEqual(mark.get("curves_subset"), [0]);
+  assert.equal(layout.get("display"), "none");
+  assert.equal(ctl.waiting(), 0);
+  ctl.highlight("b");
+  assert.deepEqual(mark.get("opacities"), [FADED, 1]);
+  assert.deepEqual(labelMap(["x", "y"], ["X"]), new Map([["x", "X"], ["y", "y"]]));
+  ctl.dispose();
+  assert.equal(model.listeners(), 0);
 });
 
 test("picker: chips per layer, click toggles and saves, all/none follow the filter", async () => {
@@ -205,6 +239,7 @@ test("picker: chips per layer, click toggles and saves, all/none follow the filt
     NAMES,
   );
   const chip = (name) => chips.find((c) => c.dataset.layer === name);
+  assert.equal(chip(NAMES[2]).children[1].textContent, NAMES[2]); // the whole name
   assert.ok(chip(NAMES[0]).classList.contains("aw-on"));
   assert.ok(chip(NAMES[3]).classList.contains("aw-alert"));
   chip(NAMES[1]).fire("click");
@@ -288,5 +323,6 @@ test("picker: says how many selected layers wait for the kernel to be drawn", as
   all(el, (n) => n.className.includes("aw-all"))[0].fire("click"); // kernel busy: not drawn
   assert.equal(count.textContent, "6 of 6 layers shown · 5 drawn when the kernel is free");
   mark.set("labels", NAMES); // the kernel caught up
+  await flush();
   assert.equal(count.textContent, "6 of 6 layers shown");
 });

@@ -1,23 +1,30 @@
-"""The headless demo (`python -m actwidget.demo`) on small IDX data made here; no downloads."""
+"""The headless demo (`python -m actwidget`, `python -m actwidget.demo`) and the command line,
+on small IDX data made here; no downloads."""
 
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
+from actwidget import __main__ as cli
 from actwidget import data, demo
 from actwidget.stats import RunStats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _write_idx(folder, n_train: int, n_test: int) -> None:
-    """The four Fashion-MNIST files, gzipped as in Debian's package, with random content."""
+def _write_idx(folder, n_train: int, n_test: int, gz: bool = True) -> None:
+    """The four Fashion-MNIST files, gzipped as in Debian's package (or not, as torchvision's
+    raw folder holds them), with random content."""
     folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
     for split, n in (("train", n_train), ("t10k", n_test)):
@@ -25,7 +32,11 @@ def _write_idx(folder, n_train: int, n_test: int) -> None:
         labels = torch.arange(n, dtype=torch.uint8) % 10
         for kind, t, magic in (("images-idx3", images, 0x0803), ("labels-idx1", labels, 0x0801)):
             payload = struct.pack(f">{1 + t.ndim}i", magic, *t.shape) + t.numpy().tobytes()
-            (folder / f"{split}-{kind}-ubyte.gz").write_bytes(gzip.compress(payload))
+            name = f"{split}-{kind}-ubyte"
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
+            else:
+                (folder / name).write_bytes(payload)
 
 
 @pytest.fixture
@@ -86,3 +97,75 @@ def test_rejects_bad_options(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--epochs", "0"])
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_help_lists_both_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert out.startswith("usage: python -m actwidget ")
+    assert "demo" in out and "stop" in out and "--init kaiming" in out
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+        (["demo", "--bs", "many"], "expected a whole number >= 1, got 'many'"),
+        (["--lr", "-1"], "argument --lr: must be > 0"),
+        (["--init", "xavier"], "invalid choice: 'xavier'"),
+        (["fit"], "invalid choice: 'fit' (choose from 'demo', 'stop')"),
+        (["stop"], "the following arguments are required: DIR"),
+    ],
+)
+def test_bad_input_is_one_line(capsys, argv, says):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and says in err and "--help" in err, err
+
+
+def test_stop_on_a_corrupt_or_missing_run_says_so_in_one_line(tmp_path, capsys):
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "run.sqlite").write_bytes(os.urandom(4096))  # not an SQLite file
+    says = {
+        corrupt: "run.sqlite is not a readable run database (file is not a database)",
+        tmp_path / "missing": "not an actwidget run directory",
+        tmp_path: "not an actwidget run directory",
+    }
+    for path, what in says.items():
+        assert cli.main(["stop", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"python -m actwidget stop: error: {path}: "), err
+        assert what in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_the_verdict_names_the_fix_of_the_setup_that_goes_wrong_on_purpose():
+    alerts = [SimpleNamespace(kind=k) for k in ("exploding", "dead", "dead")]
+    broken = demo.verdict(alerts, 0.12, 0.6, "default")
+    assert "goes wrong on purpose: 3 alerts above (exploding, dead), accuracy 0.120" in broken
+    assert broken.endswith("the fix: python -m actwidget --lr 0.2 --init kaiming")
+    assert demo.verdict([], 0.745, 0.2, "kaiming") == (
+        "verdict: no alerts, the activations stayed healthy (lr 0.2, kaiming init, accuracy 0.745)"
+    )
+    other = demo.verdict(alerts[:1], None, 0.3, "default")
+    assert other == "verdict: 1 alert above (exploding); each alert says what usually fixes it"
+
+
+def test_the_command_prints_no_warnings_and_ends_with_the_verdict(tmp_path):
+    _write_idx(tmp_path / "root" / "FashionMNIST" / "raw", 64, 16, gz=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env["ACTWIDGET_DATA"] = str(tmp_path / "cache")
+    args = ["--bs", "16", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out")]
+    r = subprocess.run(
+        [sys.executable, "-m", "actwidget", *args],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr and "warn" not in r.stderr.lower(), r.stderr
+    last = r.stdout.rstrip().splitlines()[-1]
+    assert last.startswith("verdict: ") or last.lstrip().startswith("the fix: "), r.stdout
+    assert "lr 0.6, default init" in r.stdout

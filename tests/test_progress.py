@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -135,7 +137,7 @@ def test_loss_plot_is_not_flattened_by_a_spike_and_marks_nan(monkeypatch):
 
 
 def test_a_plot_failure_is_logged_and_never_stops_the_fit(monkeypatch, caplog):
-    import actwidget.widget._ranges as ranges
+    import actwidget.ranges as ranges
 
     monkeypatch.setattr(progress_mod, "in_notebook", lambda: True)
     monkeypatch.setattr(progress_mod, "display", lambda *a, **k: None)
@@ -166,3 +168,41 @@ def test_one_epoch_plot_draws_its_single_valid_point(monkeypatch, caplog):
     make_learner([cb]).fit(1)
     assert cb.fig is not None and not caplog.records  # drawn, not given up
     assert np.unique(cb.valid_line.x).tolist() == [1.0] and np.isfinite(cb.valid_line.y).all()
+
+
+class Alerting(Callback):
+    """Logs an alert on the actwidget logger at training batch 1, as the recorder does."""
+
+    def after_batch(self, learn):
+        if learn.training and learn.iter == 1:
+            logging.getLogger("actwidget").warning("actwidget alert: something at batch 1")
+
+
+def terminal_lines(monkeypatch, capsys, **consts) -> list[str]:
+    """A terminal fit's stdout, the actwidget logger printing to the same stream (the order
+    a terminal shows), split into lines."""
+    monkeypatch.setattr(progress_mod, "in_notebook", lambda: False)
+    for name, value in consts.items():
+        monkeypatch.setattr(progress_mod, name, value)
+    log = logging.getLogger("actwidget")
+    handler = logging.StreamHandler(sys.stdout)
+    log.addHandler(handler)
+    try:
+        make_learner([ProgressCB(), Alerting()]).fit(1, valid=False)
+    finally:
+        log.removeHandler(handler)
+    assert not log.filters  # the fit took its hold away
+    return capsys.readouterr().out.split("\n")
+
+
+def test_alerts_wait_for_the_progress_line_and_get_a_line_each(monkeypatch, capsys):
+    lines = terminal_lines(monkeypatch, capsys)
+    i = lines.index("actwidget alert: something at batch 1")  # a line of its own
+    assert lines[i - 1].split("\r")[-1].startswith("epoch 1/1 train [####################] 3/3")
+
+
+def test_an_alert_held_too_long_ends_the_line_early(monkeypatch, capsys):
+    lines = terminal_lines(monkeypatch, capsys, _TEXT_EVERY=0.0, _HOLD_MAX=-1.0)
+    i = lines.index("actwidget alert: something at batch 1")
+    assert " 2/3 " in lines[i - 1].split("\r")[-1]  # the bar stopped where it was
+    assert " 3/3 " in lines[i + 1].split("\r")[-1]  # and went on below

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -23,12 +24,27 @@ from actwidget import ActivationWidget, StoreModuleStatsCB, TrainLearner
 from actwidget.data import DataLoaders
 from actwidget.recorder import StatsHooks
 from actwidget.stats import HIST, Alert, Field, RunStats, StatsConfig
+from actwidget.widget._colors import BLUE_RED, NO_DATA, VIRIDIS
+from actwidget.widget._layers import layer_colors
+from actwidget.widget._marks import ALERT
+from actwidget.widget._names import display_name
+from actwidget.widget._overview import METRICS
 
 
 # --- helpers ------------------------------------------------------------------------------
+def settled(w: ActivationWidget, timeout: float = 10.0) -> ActivationWidget:
+    """`w` once no redraw is asked for or in flight: a fit's final redraw may run in a
+    thread of its own (a slow machine), and a request made meanwhile is drawn after it."""
+    deadline = time.monotonic() + timeout
+    while w._request is not None or w._owner is not None:
+        assert time.monotonic() < deadline, "a redraw never ended"
+        time.sleep(0.005)  # polling a condition, bounded by the deadline
+    return w
+
+
 def curves(w: ActivationWidget, key: str) -> dict[str, np.ndarray]:
-    """Layer name -> y values drawn in line chart `key`."""
-    lines = w.charts.charts[key].lines
+    """Layer name -> y values drawn in line chart `key` (once the redraws settled)."""
+    lines = settled(w).charts.charts[key].lines
     y = np.atleast_2d(lines.y) if len(lines.labels) else np.zeros((0, 0))  # bqplot squeezes 1
     return dict(zip(lines.labels, y, strict=True))
 
@@ -129,6 +145,30 @@ def test_widget_follows_a_fit_and_ends_finished():
     assert w.overview.heat.color.shape == (2, 8)  # layers x batches
     assert "epoch 1/1" in w.header.value and "finished" in w.header.value
     assert w.charts.figures["grad_std"].title == "Gradient std"
+
+
+def test_every_redraw_shows_the_same_batches_in_every_figure(monkeypatch):
+    model = tiny_model()
+    cb = StoreModuleStatsCB(mods=[model[1], model[3]])
+    w = ActivationWidget(cb, interval=0)
+    seen, draw = [], w.painter.draw
+
+    def spy(stats):
+        draw(stats)
+        ov, mean = w.overview, w.charts.charts["mean"].lines
+        last_x = float(np.max(mean.x)) if len(mean.labels) else -1.0
+        overview_cols = np.flatnonzero((ov.heat.color >= ov.color.min).any(axis=0))
+        heat = w.heatmaps.maps["1 (ReLU)"].heat
+        heat_cols = np.flatnonzero((heat.color >= heat.scales["color"].min).any(axis=0))
+        seen.append(
+            (stats.batches, last_x, overview_cols.max(initial=-1), heat_cols.max(initial=-1))
+        )
+
+    monkeypatch.setattr(w.painter, "draw", spy)
+    fit(model, [cb])
+    assert len(seen) >= 3
+    for batches, *last in seen:  # one column per batch in this short run
+        assert last == [batches - 1] * 3, seen
 
 
 def test_the_gradient_chart_says_when_gradients_are_not_recorded():
@@ -344,7 +384,7 @@ def test_100_layers_overview_default_selection_and_filter():
     assert w.overview.heat.color.shape == (100, 40)
     assert w.overview.rows == 100
     labels = w.overview.y_axis.tick_labels
-    assert labels["0"] == "blocks.0.m0" and 5 <= len(labels) <= 40
+    assert labels["0"] == "blocks.0.m0 (Linear)" and 5 <= len(labels) <= 40  # display name
     assert w.visible_layers == [names[i] for i in (0, 25, 50, 74, 99)]  # spread over depth
     assert len(w.heatmaps.shown) == 5
     w.show_layers("blocks.*.m1")
@@ -354,26 +394,30 @@ def test_100_layers_overview_default_selection_and_filter():
     assert "8 of 25" in w.heatmaps.note.value and w.heatmaps.note.layout.display == ""
 
 
-def test_bytes_per_redraw_follow_the_selection_not_the_layer_count(comm):
-    sizes = {}
+def test_bytes_per_redraw_follow_the_selection_and_the_overview_is_bounded(comm):
+    sizes, cells = {}, 0
     for n_layers in (5, 100):
         s = synthetic(n_layers, 2000)
         w = ActivationWidget(s)
         w.show_layers([list(s)[i] for i in range(5)])
         src = w.source._stats
         CountingComm.sent = 0
-        for step in range(3):  # three more batches, three line redraws
+        for step in range(3):  # three more batches, three redraws of every figure
             for name in list(src):
                 row = src[name].columns[-1:].copy()
                 row[:, Field.STEP_SUM] = row[:, Field.STEP_FIRST] = row[:, Field.STEP_LAST] = (
                     2000 + step
                 )
                 src.append(name, row)
-            w._redraw(heatmaps=False)
+            w._redraw()
         sizes[n_layers] = CountingComm.sent / 3
+        cells = w.overview.cells
         w.close()
-    assert sizes[100] < 1.2 * sizes[5], sizes
-    assert sizes[5] < 56 * 1024, sizes  # 4 charts x (5 layers + x) x <= 512 float32
+    # Lines and heatmaps: the 5 selected layers either way; the overview: every layer, but
+    # at most `cells` float32 cells.
+    assert sizes[100] < sizes[5] + 4 * cells + 8 * 1024, sizes
+    # 4 charts x (5 layers + x) x <= 512 float32, 5 heatmaps x 34 bins x 128, the overview
+    assert sizes[5] < (4 * 6 * 512 + 5 * 34 * 128 + 5 * 512) * 4 + 8 * 1024, sizes
 
 
 # --- alerts, fits, reference --------------------------------------------------------------
@@ -423,6 +467,8 @@ def test_alerts_of_saved_stats_are_shown():
     assert "1 alert" in w.header.value and "std jumped 40x" in w.head.alerts.value
     assert w.stop_button.layout.display == "none"  # a saved run: Stop could never act
     assert w.overview.alerts.x.tolist() == [30.0] and w.overview.alerts.y.tolist() == [2.0]
+    assert w.layers.picker.alerted == ["blocks.0.m2 (Linear)"]  # its chip says ⚠, as live
+    assert "blocks.0.m2 (Linear)" in w.visible_layers
 
 
 def test_a_second_fit_continues_the_x_axis_and_is_marked():
@@ -451,6 +497,66 @@ def test_reference_run_is_drawn_faded_behind(tmp_path):
         assert c.ref.opacities == [0.3] and c.ref.line_style == "dashed"
         assert c.ref.x.shape[-1] == 100 and c.lines.x.shape[-1] == 30  # on one x axis
         assert w.charts.x_scale.max >= 99
+    # The 70 batches the live run has not reached are no data, not the lowest colour.
+    ov = w.overview
+    no_data = ov.heat.color[:, 30:]
+    assert no_data.shape == (2, 70) and (no_data < ov.color.min).all()  # unpainted
+    assert (ov.heat.color[:, :30] >= ov.color.min).all()
+    hm = w.heatmaps.maps[next(iter(live))]
+    assert (hm.heat.color[:, -1] < hm.heat.scales["color"].min).all()
+    legend = w.painter.legend
+    assert "no batch recorded" in legend.value and "reference run" in legend.value
+    assert legend.layout.display == ""
+
+
+def test_before_the_first_batch_the_overview_says_so_and_shows_no_data():
+    model = tiny_model()
+    cb = StoreModuleStatsCB(mods=[model[1], model[3]])
+    w = ActivationWidget(cb, interval=0)
+    ov = w.overview
+    assert ov.figure.title == "All layers: waiting for the first batch"
+    assert not ov.colour_bar.shown  # no range to show yet
+    assert (ov.heat.color < ov.color.min).all()  # every cell unpainted: the hatch shows
+    assert w.painter.legend.layout.display == "none"
+    fit(model, [cb])
+    settled(w)
+    assert ov.figure.title == "All layers: std (log scale)"
+    assert ov.colour_bar.shown
+    assert (ov.heat.color >= ov.color.min).all()
+
+
+def test_one_display_name_per_layer_everywhere():
+    s = synthetic(3)
+    s.add_alert(Alert("exploding", "blocks.0.m1 (Linear)", 30, 0, 40.0, "std jumped 40x", 1))
+    w = ActivationWidget(s)
+    name = "blocks.0.m1 (Linear)"
+    shown = display_name(name)
+    picker = w.layers.picker
+    assert picker.labels[picker.names.index(name)] == shown  # the chip
+    assert w.overview.y_axis.tick_labels["1"] == shown  # the overview row
+    assert w.heatmaps.maps[name].figure.title == shown  # the heatmap
+    assert shown in list(w.charts.charts["mean"].lines.labels)  # the curves
+    assert f"<td>{shown}</td>" in w.head.alerts.value  # the alert list
+
+
+def test_alert_marks_are_black_a_colour_no_layer_has_and_the_legend_says_so():
+    assert all(ALERT.lower() not in layer_colors(n) for n in range(1, 300))
+    s = synthetic(3)
+    s.add_alert(Alert("exploding", "blocks.0.m1 (Linear)", 30, 0, 40.0, "std jumped 40x", 1))
+    w = ActivationWidget(s)
+    assert w.charts.charts["std"].overlay.alerts.colors == [ALERT]
+    assert w.overview.alerts.colors == [ALERT]
+    assert "alert" in w.painter.legend.value and w.painter.legend.layout.display == ""
+    assert "reference run" not in w.painter.legend.value
+
+
+def test_log_axes_label_ticks_in_powers_of_ten():
+    s = synthetic(2)
+    for name in s:
+        s[name].columns[:, Field.M2] = 99.0 * 1e-12  # std 1e-6
+    w = ActivationWidget(s)
+    labels = w.charts.charts["std"].y_axis.tick_labels
+    assert "10⁻⁶" in labels.values() and not any("0.0000" in v for v in labels.values())
 
 
 # --- Stop, background runs, threads -------------------------------------------------------
@@ -647,13 +753,21 @@ def test_overview_colour_choices_and_heatmap_axis_labels():
     s = synthetic(3, 50)
     w = ActivationWidget(s)
     ov = w.overview
-    assert ov.color.scheme == "viridis" and "std" in ov.figure.title
+    assert (
+        ov.color.colors == [NO_DATA, *VIRIDIS] and ov.figure.title == "All layers: std (log scale)"
+    )
+    assert list(METRICS) == ["std (log scale)", "mean", "near-zero fraction", "dead-unit fraction"]
     ov.metric.value = "mean"  # the menu in the browser
-    assert "mean" in ov.figure.title and ov.color.scheme == "RdBu"
-    assert ov.color.min == -ov.color.max  # centred on zero
+    assert "mean" in ov.figure.title and ov.color.colors == [NO_DATA, *BLUE_RED]
+    step = ov.color.max / 4  # the palette spans [-max, max], centred on zero
+    assert ov.color.min == pytest.approx(-ov.color.max - step)  # a transparent stop below
     np.testing.assert_allclose(ov.heat.color[2], np.linspace(-3, 3, 50), rtol=1e-5)
+    bar = ov.colour_bar
+    assert bar.shown and bar.heat.scales["color"] is ov.color
+    assert bar.y.min == -ov.color.max and bar.y.max == ov.color.max  # high values at the top
+    assert set(bar.axis.tick_labels.values()) >= {"0"}
     ov.metric.value = "near-zero fraction"
-    assert (ov.color.min, ov.color.max) == (0.0, 1.0)
+    assert (bar.y.min, bar.y.max) == (0.0, 1.0) and ov.color.max == 1.0
     labels = w.heatmaps.maps["blocks.0.m0 (Linear)"].figure.axes[1].tick_labels
     assert "2⁰" in labels.values() and "0" in labels.values()
     linear = RunStats(StatsConfig(hist="linear"))

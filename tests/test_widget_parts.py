@@ -9,6 +9,18 @@ import numpy as np
 import pytest
 import tomllib
 
+from actwidget.ranges import (
+    Range,
+    clip,
+    int_ticks,
+    line_arrays,
+    log_ticks,
+    robust_range,
+    tick_key,
+    tick_label,
+    tick_labels,
+    to_float32,
+)
 from actwidget.source import RunState, RunStatus
 from actwidget.stats import HIST, Alert, Field, LayerStats, StatsConfig, merge_groups
 from actwidget.widget._grid import Grid, binned, binned_many, make_grid, runs_to_bands, values
@@ -22,16 +34,8 @@ from actwidget.widget._layers import (
     layer_colors,
     matches,
 )
+from actwidget.widget._marks import ALERT, Legend, legend_html
 from actwidget.widget._overview import row_labels
-from actwidget.widget._ranges import (
-    Range,
-    clip,
-    int_ticks,
-    line_arrays,
-    log_ticks,
-    robust_range,
-    to_float32,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +85,23 @@ def test_int_ticks_are_round_integers_that_fit():
 def test_log_ticks():
     assert log_ticks(1e-3, 1e13).tolist() == [1e-3, 1, 1e3, 1e6, 1e9, 1e12]
     assert log_ticks(0.015, 0.45).tolist() == [0.02, 0.05, 0.1, 0.2]
-    assert len(log_ticks(0.2, 0.3)) == 2
+    assert log_ticks(0.2, 0.3).tolist() == [0.2, 0.25, 0.3]
+    assert log_ticks(7.9e-7, 1.26e-6).tolist() == [8e-7, 1e-6, 1.2e-6]
+
+
+def test_tick_labels_read_as_decimals_or_powers_of_ten():
+    x = "\u00d7"  # the multiplication sign
+    assert [tick_label(v) for v in (1e-6, 2e-5, 5e-4, 0.001, 0.05, 250, 1500, 12000)] == [
+        "10⁻⁶", f"2{x}10⁻⁵", f"5{x}10⁻⁴", "0.001", "0.05", "250", "1500", f"1.2{x}10⁴",
+    ]  # fmt: skip
+    assert tick_label(-1e-6) == "-10⁻⁶" and tick_label(0.0) == "0"
+    # Keys as JavaScript's String(v) writes them (bqplot looks labels up by it).
+    keys = {1e-6: "0.000001", 1e-7: "1e-7", 2.5e-7: "2.5e-7", 1e21: "1e+21",
+            1e20: "100000000000000000000", 0.1 + 0.2: "0.30000000000000004", -1.5: "-1.5",
+            100.0: "100", 0.0: "0"}  # fmt: skip
+    assert {v: tick_key(v) for v in keys} == keys
+    # Enough digits to tell ticks apart.
+    assert list(tick_labels([10000.0, 10000.5]).values()) == ["10⁴", f"1.0001{x}10⁴"]
 
 
 def test_line_arrays_end_every_curve_on_a_finite_point():
@@ -281,14 +301,25 @@ def test_overview_row_labels_fit_and_name_module_paths():
         f"encoder.layers.{i}.self_attn.out_proj (NonDynamicallyQuantizableLinear)"
         for i in range(50)
     ]
-    labels = row_labels(names, rows_fit=10)
+    labels = row_labels(names, rows_fit=10, width=24)
     assert 5 <= len(labels) <= 10 and all(len(v) <= 24 for v in labels.values())
-    assert labels["0"].startswith("…") and labels["0"].endswith("self_attn.out_proj")
+    assert labels["0"] == "…rs.0.self_attn.out_proj"  # the path's end tells rows apart
+    assert row_labels(["blocks.3.fc1 (Linear)"], 1, width=19) == {"0": "blocks.3.fc1 (Lin…)"}
+    assert row_labels(["layers.0 (Conv2dWithReLU)"], 1)["0"] == "layers.0 (Conv2dWithReLU)"
     assert Range(0.0, 1.0).lo == 0.0
 
 
+def test_legend_names_only_the_marks_drawn():
+    assert legend_html(Legend()) == ""
+    html = legend_html(Legend(nonfinite=True, alerts=True))
+    assert "NaN/inf" in html and "alert" in html and "fit" not in html and ALERT in html
+    every = legend_html(Legend(*[True] * len(Legend._fields)))
+    for text in ("NaN/inf", "alert", "a new fit starts", "off scale", "reference run", "no batch"):
+        assert text in every
+
+
 def test_nice_ticks_read_well():
-    from actwidget.widget._ranges import nice_ticks
+    from actwidget.ranges import nice_ticks
 
     assert nice_ticks(-0.0169, 0.237, 6).tolist() == [0.0, 0.05, 0.1, 0.15, 0.2]
     assert nice_ticks(0.468, 1.0, 6).tolist() == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]

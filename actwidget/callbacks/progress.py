@@ -1,9 +1,14 @@
-"""`ProgressCB`: a per-epoch progress bar and, in a notebook, an optional live loss plot."""
+"""`ProgressCB`: a per-epoch progress bar and, in a notebook, an optional live loss plot.
+
+In a terminal the bar is one line rewritten in place. Messages of the `actwidget` logger
+(alerts) that come while it is open are held and printed after it, one line each, so they
+never land inside it (`_LineHold`)."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -11,6 +16,7 @@ import numpy as np
 import torch
 from IPython.display import display
 
+from actwidget import ranges
 from actwidget._util import in_notebook
 from actwidget.callbacks.metrics import MetricsCB
 from actwidget.learner import Callback
@@ -21,6 +27,40 @@ _log = logging.getLogger("actwidget")
 _BAR_EVERY = 0.1  # seconds between notebook bar updates
 _TEXT_EVERY = 0.25  # seconds between terminal line updates
 _PLOT_EVERY = 0.5  # seconds between plot redraws
+_HOLD_MAX = 2.0  # seconds a log record waits for the line to end before the line is ended
+
+
+class _LineHold(logging.Filter):
+    """Holds the records of the `actwidget` logger while a terminal progress line is open;
+    `release()` hands them on once it ended (each on its own line, after the bar)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = False
+        self._held: list[logging.LogRecord] = []
+        self._since = 0.0  # when the oldest held record came
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            if not self.open:
+                return True
+            if not self._held:
+                self._since = time.perf_counter()
+            self._held.append(record)
+            return False
+
+    def overdue(self, now: float) -> bool:
+        """A record has waited longer than `_HOLD_MAX`: end the line early."""
+        return bool(self._held) and now - self._since > _HOLD_MAX
+
+    def release(self) -> None:
+        """Close the line and hand on the held records (the logger's handlers print them)."""
+        with self._lock:
+            self.open = False
+            held, self._held = self._held, []
+        for record in held:
+            logging.getLogger(record.name).handle(record)
 
 
 class ProgressCB(Callback):
@@ -46,6 +86,10 @@ class ProgressCB(Callback):
         self._clear_widgets()
         self._notebook = in_notebook()
         self._line_len = 0
+        self._hold: _LineHold | None = None
+        if not self._notebook:
+            self._hold = _LineHold()
+            _log.addFilter(self._hold)
         self._train_x: list[float] = []
         self._valid_x: list[float] = []
         self._pending: list[torch.Tensor] = []  # detached losses not yet on the host
@@ -100,6 +144,11 @@ class ProgressCB(Callback):
             self._show(learn, time.perf_counter(), final=True)
 
     def cleanup_fit(self, learn: Any) -> None:
+        hold = getattr(self, "_hold", None)
+        if hold is not None:
+            self._hold = None
+            _log.removeFilter(hold)
+            hold.release()
         if self.fig is not None:
             self._redraw()
 
@@ -126,11 +175,15 @@ class ProgressCB(Callback):
             return
         text = f"{epoch} {_text_bar(self._done, n)} {self._done}/{n} {rate:.1f} batches/s"
         pad = " " * max(self._line_len - len(text), 0)
-        self._line_len = len(text)
-        sys.stdout.write(f"\r{text}{pad}" + ("\n" if final else ""))
+        hold = getattr(self, "_hold", None)
+        end = final or (hold is not None and hold.overdue(now))  # alerts waited long enough
+        self._line_len = 0 if end else len(text)
+        if hold is not None and not end:
+            hold.open = True
+        sys.stdout.write(f"\r{text}{pad}" + ("\n" if end else ""))
         sys.stdout.flush()
-        if final:
-            self._line_len = 0
+        if end and hold is not None:
+            hold.release()
 
     def _make_figure(self) -> Any:
         import bqplot as bq
@@ -178,23 +231,20 @@ class ProgressCB(Callback):
 
     def _draw_plot(self) -> None:
         """Copy new losses to the host in one transfer and update the lines."""
-        from actwidget.widget._marks import polygons
-        from actwidget.widget._ranges import clip, line_arrays, robust_range
-
         self._last_plot = time.perf_counter()
         self._train_y = _append(self._train_y, self._pending)
         self._valid_y = _append(self._valid_y, self._pending_valid)
         self._pending, self._pending_valid = [], []
         tx = np.asarray(self._train_x, np.float64)
         vx = np.asarray(self._valid_x, np.float64)
-        r = robust_range([self._train_y, self._valid_y])
+        r = ranges.robust_range([self._train_y, self._valid_y])
         above, below = [], []
         for line, x, y in (
             (self.train_line, tx, self._train_y),
             (self.valid_line, vx, self._valid_y),
         ):
-            c = clip(y, r)
-            xs, ys, _ = line_arrays(x, c.y)  # one curve: ends on a finite point
+            c = ranges.clip(y, r)
+            xs, ys, _ = ranges.line_arrays(x, c.y)  # one curve: ends on a finite point
             with line.hold_sync():
                 line.x = xs if xs.ndim == 1 else xs.reshape(-1)[: ys.size]
                 line.y = ys.reshape(-1)
@@ -209,7 +259,7 @@ class ProgressCB(Callback):
                 mark.x, mark.y = x, np.full(len(x), edge, np.float32)
         bad = np.flatnonzero(~np.isfinite(self._train_y))
         step = float(np.median(np.diff(tx))) if len(tx) > 1 else 1.0
-        bx, by = polygons(tx[bad] - step / 2, tx[bad] + step / 2, 0.0, 1.0)
+        bx, by = ranges.polygons(tx[bad] - step / 2, tx[bad] + step / 2, 0.0, 1.0)
         with self.nonfinite.hold_sync():
             self.nonfinite.x, self.nonfinite.y = bx, by
             self.nonfinite.fill_opacities = [0.3] * len(bad)

@@ -9,9 +9,11 @@ It binds to anything `actwidget.source.as_source` accepts: a recorder (`StatsHoo
 callback or loop adapter (through its `.recorder`), saved stats, a run directory. From the
 top: Stop and the run's state, alerts; an overview of every layer (a row each); the layer
 picker; line charts of the selected layers; their |a| heatmaps; the output of `start()`.
-Charts redraw at most every `interval` seconds (overview and heatmaps every
-`heatmap_interval`), with at most `max_columns` columns per series. A newer widget on the
-same source replaces this one (this one stops listening).
+Every redraw draws every figure from one snapshot of the stats, so the overview, the line
+charts and the heatmaps always show the same batches; redraws come at most every
+`interval` seconds (less often when one costs more than 5% of that), with at most
+`max_columns` columns per series. A newer widget on the same source replaces this one
+(this one stops listening).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -61,8 +64,7 @@ class ActivationWidget(widgets.VBox):
         source: Any,
         *,
         reference: RunStats | str | Path | None = None,
-        interval: float = 0.2,
-        heatmap_interval: float = 1.0,
+        interval: float = 0.5,
         max_columns: int = 512,
         std_scale: str = "log",
         initial_layers: int = 5,
@@ -72,7 +74,7 @@ class ActivationWidget(widgets.VBox):
             raise ValueError(f"max_columns must be >= 2, got {max_columns}")
         self.source: Source = as_source(source)
         self.reference: RunStats | None = None if reference is None else _load(reference)
-        self.interval, self.heatmap_interval = interval, heatmap_interval
+        self.interval = interval
         self.max_columns = max_columns
         self.redraws = 0
         self.redraw_seconds = 0.0  # Python time spent redrawing, all redraws
@@ -85,8 +87,8 @@ class ActivationWidget(widgets.VBox):
         self._owner: int | None = None
         self._request: _Request | None = None
         self._request_lock = threading.Lock()
-        self._last = self._last_heat = 0.0
-        self._cost = self._heat_cost = 0.0  # seconds the last redraw of each kind took
+        self._last = 0.0
+        self._costs: deque[float] = deque(maxlen=3)  # seconds of recent redraws
         self._version = -1
         self._stats = RunStats()
         self._closed = False
@@ -100,7 +102,7 @@ class ActivationWidget(widgets.VBox):
         if status.state is RunState.RUNNING:
             self._on_event(Event.FIT_START, self.source)
         elif status.state is not RunState.WAITING or self.reference is not None:
-            self._redraw(heatmaps=True, force=True)
+            self._redraw(force=True)
         self._render_header()
 
     def _build(self, std_scale: str, few: int, max_heatmaps: int) -> None:
@@ -109,7 +111,7 @@ class ActivationWidget(widgets.VBox):
         can_stop = not isinstance(self.source, StaticSource)
         self.head = Header(self.stop_button, can_stop)
         self.header = self.head.status
-        self.overview = Overview(self._redraw_overview)
+        self.overview = Overview(self.redraw)
         self.layers = LayerState(self._on_selection, few)
         self.charts = Charts(std_scale)
         self.heatmaps = Heatmaps(max_heatmaps)
@@ -119,7 +121,10 @@ class ActivationWidget(widgets.VBox):
         )  # fmt: skip
         self.output = widgets.Output()
         self.runner = Runner(self.output, self._on_run_error)
-        parts = [self.head.box, self.overview.box, self.layers.box, self.charts.box]
+        parts = [
+            self.head.box, self.overview.box, self.painter.legend, self.layers.box,
+            self.charts.box,
+        ]  # fmt: skip
         super().__init__(
             [*parts, self.heatmaps.note, self.heatmaps.box, self.output],
             layout=widgets.Layout(width="100%"),
@@ -156,8 +161,8 @@ class ActivationWidget(widgets.VBox):
         self.layers.show(names)
 
     def redraw(self) -> None:
-        """Redraw everything now, overview and heatmaps included."""
-        self._redraw(heatmaps=True, force=True)
+        """Redraw everything now."""
+        self._redraw(force=True)
 
     def start(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
         """Run `fn(*args, **kwargs)` (e.g. your `train(...)`) in a worker thread; returns at once.
@@ -212,7 +217,7 @@ class ActivationWidget(widgets.VBox):
             if obj is not None:
                 (obj.picker if w == "layers" else obj).close()
         if getattr(self, "overview", None) is not None:
-            self.overview.figure.close()
+            self.overview.close()
 
     # Events from the source (often in the training thread).
     def _on_event(self, event: Event, source: Source) -> None:
@@ -234,13 +239,13 @@ class ActivationWidget(widgets.VBox):
                     self.stop_button.running = False
                     self.stop_button.ack_timeout_ms = ACK_IDLE_MS
                 self._render_header()
-                if self._cost + self._heat_cost > _SLOW_FINAL:  # don't hold up the cell
+                if self._cost > _SLOW_FINAL:  # don't hold up the cell
                     threading.Thread(target=self._final_redraw, daemon=True).start()
                 else:
                     self._final_redraw()
             elif event is Event.ALERT:
                 self.layers.alert(a.layer for a in source.alerts)
-                self._redraw(heatmaps=True, force=True)
+                self._redraw(force=True)
                 self._render_header()
             else:
                 if event is Event.BATCH and self._poller is not None:
@@ -248,8 +253,7 @@ class ActivationWidget(widgets.VBox):
                 now = time.perf_counter()
                 if now - self._last >= _wait(self.interval, self._cost):
                     self._last = now
-                    heat = now - self._last_heat >= _wait(self.heatmap_interval, self._heat_cost)
-                    self._redraw(heatmaps=heat)
+                    self._redraw()
                     self._render_header()
                     if self._poller is not None:
                         self._tune_ack(source)
@@ -272,7 +276,7 @@ class ActivationWidget(widgets.VBox):
 
     def _final_redraw(self) -> None:
         try:
-            self._redraw(heatmaps=True, force=True)
+            self._redraw(force=True)
             self._render_header()
         except Exception as e:
             self._show_error(e)
@@ -293,21 +297,23 @@ class ActivationWidget(widgets.VBox):
         if self._closed:
             return
         try:
-            self._redraw(heatmaps=True, force=True, overview=False)
+            self._redraw(force=True)
         except Exception as e:
             self._show_error(e)
 
-    def _redraw_overview(self) -> None:
-        self._redraw(heatmaps=True, force=True)
-
     # Drawing.
+    @property
+    def _cost(self) -> float:
+        """What a redraw costs: the least of the last few (a spike of load is not the rule)."""
+        return min(self._costs, default=0.0)
+
     def _render_header(self) -> None:
         self.head.render(self.source.status, self._stats.alerts, self.error)
 
-    def _redraw(self, heatmaps: bool, force: bool = False, overview: bool = True) -> None:
+    def _redraw(self, force: bool = False) -> None:
         """Ask for a redraw: drawn now, or by the thread drawing at the moment, right after."""
         with self._request_lock:
-            self._request = _Request(heatmaps, force, overview)._merge(self._request)
+            self._request = _Request(force)._merge(self._request)
         me = threading.get_ident()
         while self._request is not None and self._owner != me:
             if not self._lock.acquire(blocking=False):
@@ -322,7 +328,7 @@ class ActivationWidget(widgets.VBox):
                 self._owner = None
                 self._lock.release()
 
-    def _draw(self, heatmaps: bool, force: bool, overview: bool) -> None:
+    def _draw(self, force: bool) -> None:
         if self._closed:
             return
         t0 = time.perf_counter()
@@ -331,20 +337,20 @@ class ActivationWidget(widgets.VBox):
             return
         self._version, self._stats = stats.version, stats
         self.layers.add(stats)
-        heat, _lines = self.painter.draw(stats, heatmaps, overview)
-        if heatmaps:
-            self._last_heat, self._heat_cost = time.perf_counter(), heat
-        self._cost = time.perf_counter() - t0 - heat
+        if stats.alerts:  # any source: a saved run's alerts are marked like live ones
+            self.layers.alert(a.layer for a in stats.alerts)
+        made = self.heatmaps.made
+        self.painter.draw(stats)
+        if self.heatmaps.made == made:  # making figures is a one-off cost: not a draw's
+            self._costs.append(time.perf_counter() - t0)
         self.redraws += 1
         self.redraw_seconds += time.perf_counter() - t0
 
 
 class _Request(NamedTuple):
-    """A redraw asked for: heatmaps too, even without new data, the overview too."""
+    """A redraw asked for: `force`: even without new data (a new selection, a menu)."""
 
-    heatmaps: bool
     force: bool
-    overview: bool
 
     def _merge(self, other: _Request | None) -> _Request:
         if other is None:

@@ -8,15 +8,14 @@ numpy pass (`binned_many`).
 
 from __future__ import annotations
 
-import time
-
+import ipywidgets as widgets
 import numpy as np
 
-from ..stats import RunStats
+from ..stats import Field, RunStats
 from ._grid import Grid, binned, binned_many, make_grid, nonfinite, runs_to_bands, values
 from ._heatmaps import Heatmaps
 from ._layers import LayerState
-from ._marks import Marked, rows
+from ._marks import Legend, Marked, legend_html, rows
 from ._overview import Overview
 from ._view import SERIES, Charts, Frame
 
@@ -41,23 +40,38 @@ class Painter:
         self.charts, self.overview, self.heatmaps = charts, overview, heatmaps
         self.layers, self.reference, self.max_columns = layers, reference, max_columns
         self.bands = np.zeros((0, 2))  # (x0, x1) non-finite batches of any layer
+        self.no_data = False  # the overview has cells with no batch
+        self.legend = widgets.HTML(layout=widgets.Layout(display="none", width="100%"))
 
-    def draw(self, stats: RunStats, heatmaps: bool, overview: bool) -> tuple[float, float]:
-        """Draw the line charts, and the heatmaps (and overview) when asked; returns the
-        seconds spent on (heatmaps + overview, line charts)."""
+    def draw(self, stats: RunStats) -> None:
+        """Draw every figure from `stats` (one snapshot: they show the same batches)."""
         end = max(stats.batches, self.reference.batches if self.reference else 0, 1)
         width = max((s.batches_per_column for s in stats.values()), default=1)
         selected = [n for n in self.layers.selected if n in stats]
-        t0 = time.perf_counter()
-        if heatmaps:  # first: the overview finds the non-finite batches of every layer
-            if overview:
-                self.draw_overview(stats, end, width)
-            self.draw_heatmaps(stats, end, width, selected)
-        t1 = time.perf_counter()
+        # First the overview: it finds the non-finite batches of every layer.
+        self.draw_overview(stats, end, width)
+        self.draw_heatmaps(stats, end, width, selected)
         grid = make_grid(end, self.max_columns, width)
-        self.charts.draw(self.frame(stats, grid, selected))
+        frame = self.frame(stats, grid, selected)
+        self.charts.draw(frame)
         self.layers.bind(self.charts.line_marks, self.heatmaps.figures)
-        return t1 - t0, time.perf_counter() - t1
+        self.draw_legend(stats, frame)
+
+    def draw_legend(self, stats: RunStats, frame: Frame) -> None:
+        """The legend line: an entry for each kind of mark drawn now."""
+        legend = Legend(
+            nonfinite=len(frame.marked.bands) > 0,
+            alerts=bool(stats.alerts),
+            fits=bool(frame.marked.fits),
+            off_scale=any(c.off for c in self.charts.charts.values()),
+            reference=bool(frame.ref_names),
+            no_data=self.no_data,
+        )
+        html = legend_html(legend)
+        if self.legend.value != html:
+            with self.legend.hold_sync():
+                self.legend.value = html
+                self.legend.layout.display = "" if html else "none"
 
     def frame(self, stats: RunStats, grid: Grid, names: list[str]) -> Frame:
         """What the line charts draw: the selected layers (and the reference's) on `grid`."""
@@ -91,6 +105,7 @@ class Painter:
         layers = binned_many([stats[n] for n in names], grid)
         bad = nonfinite(layers).reshape(len(names), grid.count)
         self.bands = runs_to_bands(bad.any(axis=0), grid)
+        self.no_data = bool((layers.columns[:, Field.BATCHES] == 0).any())
         self.overview.draw(grid, names, layers, bad, stats.alerts, fits(stats))
 
     def draw_heatmaps(self, stats: RunStats, end: int, width: int, selected: list[str]) -> None:

@@ -13,6 +13,7 @@ import ipywidgets as widgets
 
 from ..source import RunState, RunStatus
 from ..stats import Alert
+from ._names import display_name
 
 __all__ = ["Header", "alerts_html", "status_html"]
 
@@ -53,7 +54,7 @@ def alerts_html(alerts: Sequence[Alert], limit: int = 200) -> str:
     last = alerts[-1]
     more = f" (+{len(alerts) - 1} more)" if len(alerts) > 1 else ""
     rows = "".join(
-        f"<tr><td>{html.escape(a.kind)}</td><td>{html.escape(a.layer)}</td>"
+        f"<tr><td>{html.escape(a.kind)}</td><td>{html.escape(display_name(a.layer))}</td>"
         f"<td style='text-align:right'>{a.batch}</td>"
         f"<td>{'' if a.epoch is None else a.epoch + 1}</td>"
         f"<td>{html.escape(a.message)}</td></tr>"

@@ -14,21 +14,18 @@ import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
-from ..stats import LayerStats, StatsConfig
+from ..ranges import superscript, tick_key
+from ..stats import Field, LayerStats, StatsConfig
+from ._colors import VIRIDIS, Palette, hatch
 from ._grid import Grid
 from ._marks import Marked, Overlay, f32
+from ._names import display_name
 from ._view import chart_grid, set_x, x_axis
 
 __all__ = ["FLOOR", "Heatmaps", "bin_ticks", "superscript"]
 
 FLOOR = -4.0  # log10 of the smallest share coloured (1 value in 10,000)
-_SUP = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-
-
-def superscript(label: str) -> str:
-    """'2^-3' -> '2⁻³' (other labels unchanged)."""
-    base, _, exp = label.partition("^")
-    return base + exp.translate(_SUP) if exp else label
+PALETTE = Palette(VIRIDIS)
 
 
 def bin_ticks(config: StatsConfig, most: int = 9) -> tuple[np.ndarray, dict[str, str]]:
@@ -49,7 +46,7 @@ def bin_ticks(config: StatsConfig, most: int = 9) -> tuple[np.ndarray, dict[str,
         )  # fmt: skip
         labels = {i: f"{config.edges[i]:.4g}" for i in range(0, bins + 1, step)}
     values = np.array(sorted(labels), float) - 0.5
-    return values, {_key(v): labels[int(v + 0.5)] for v in values}
+    return values, {tick_key(v): labels[int(v + 0.5)] for v in values}
 
 
 def _round(v: float) -> bool:
@@ -58,18 +55,15 @@ def _round(v: float) -> bool:
     return any(math.isclose(v, m * mag, rel_tol=1e-9) for m in (1, 2, 2.5, 5, 10))
 
 
-def _key(v: float) -> str:
-    """A tick value as JavaScript's String(v) writes it (the axis looks labels up by it)."""
-    return f"{v:g}" if v != int(v) else str(int(v))
-
-
 def shares(layer: LayerStats) -> np.ndarray:
-    """(bins, columns) log10 share of each column's finite values per bin, >= FLOOR."""
+    """(bins, columns) log10 share of each column's finite values per bin, >= FLOOR; a
+    column with no batch gets `PALETTE.no_data` (drawn as no data)."""
     hist = layer.hist
     total = hist.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(total > 0, hist / np.where(total > 0, total, 1), 0.0)
         out = np.log10(np.maximum(share, 10.0**FLOOR))
+    out[layer.columns[:, Field.BATCHES] == 0] = PALETTE.no_data(FLOOR, 0.0)
     return f32(out.T)
 
 
@@ -80,12 +74,13 @@ class LayerHeatmap:
         self.x = bq.LinearScale(min=-0.5, max=1.5)
         bins = config.bins
         self.y = bq.LinearScale(min=-0.5, max=bins - 0.5)
+        lo, hi = PALETTE.scale_range(FLOOR, 0.0)
         self.heat = bq.HeatMap(  # placeholder with a non-empty domain (HeatMap needs 2 columns)
             x=np.array([0.0, 1.0], np.float32),
             y=f32(np.arange(bins)),
-            color=np.full((bins, 2), FLOOR, np.float32),
+            color=np.full((bins, 2), PALETTE.no_data(FLOOR, 0.0), np.float32),
             scales={"x": self.x, "y": self.y,
-                    "color": bq.ColorScale(scheme="viridis", min=FLOOR, max=0.0)},
+                    "color": bq.ColorScale(colors=PALETTE.scale_colors, min=lo, max=hi)},
         )  # fmt: skip
         self.overlay = Overlay(self.x, labels=False, opacity=0.6)
         ticks, labels = bin_ticks(config)
@@ -96,8 +91,8 @@ class LayerHeatmap:
             tick_values=ticks, tick_labels=labels, label_offset="44px",
         )  # fmt: skip
         self.figure = bq.Figure(
-            title=name,
-            marks=[self.heat, *self.overlay.below, *self.overlay.above],
+            title=display_name(name),
+            marks=[hatch(), self.heat, *self.overlay.below, *self.overlay.above],
             axes=[self.x_axis, y_axis],
             fig_margin={"top": 28, "bottom": 38, "left": 62, "right": 22},
             layout=widgets.Layout(width="auto", height="210px", min_width="0"),
@@ -128,6 +123,7 @@ class Heatmaps:
         self.max_shown = max_shown
         self.maps: dict[str, LayerHeatmap] = {}
         self.shown: list[str] = []
+        self.made = 0  # figures made so far (making one costs more than drawing it)
         self.box = chart_grid([], min_width="300px")
         self.note = widgets.HTML(layout=widgets.Layout(display="none"))
 
@@ -140,6 +136,7 @@ class Heatmaps:
         for name, color in zip(shown, colors, strict=False):
             if name not in self.maps:
                 self.maps[name] = LayerHeatmap(name, color, config)
+                self.made += 1
         if shown != self.shown:
             self.shown = shown
             self.box.children = [self.maps[n].figure for n in shown]

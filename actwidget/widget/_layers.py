@@ -19,6 +19,8 @@ import numpy as np
 from ipywidgets import Widget, widget_serialization
 from traitlets import Instance, List, Unicode
 
+from ._names import display_names
+
 __all__ = ["COLORS", "LayerPicker", "LayerState", "default_selection", "layer_colors", "matches"]
 
 _HERE = Path(__file__).resolve().parent
@@ -73,6 +75,7 @@ class LayerPicker(anywidget.AnyWidget):
     _esm = _esm_path("layers.js")
 
     names = List(Unicode()).tag(sync=True)
+    labels = List(Unicode()).tag(sync=True)  # display names (`display_name`), same order
     colors = List(Unicode()).tag(sync=True)
     selected = List(Unicode()).tag(sync=True)
     filter = Unicode("").tag(sync=True)
@@ -137,6 +140,7 @@ class LayerState:
             every = known + new
             with self.picker.hold_sync():
                 self.picker.names = every
+                self.picker.labels = display_names(every)
                 self.picker.colors = layer_colors(len(every))
                 if first:
                     self._setting = True
@@ -191,8 +195,8 @@ class LayerState:
         return bool(add)
 
     def bind(self, marks: list[Widget], figures: list[Widget]) -> None:
-        """The marks (curves labelled by layer) and figures (titled by layer) that the
-        browser shows or hides with the selection."""
+        """The marks (curves labelled by display name) and figures (titled by display name)
+        that the browser shows or hides with the selection."""
         with self.picker.hold_sync():
             if list(self.picker.marks) != marks:
                 self.picker.marks = marks

@@ -1,6 +1,7 @@
 """Marks drawn over every chart: red bands over non-finite batches, a dashed rule and "fit N"
-at each fit's start, a rule at each alert's batch. Shared by the line charts, the overview
-and the per-layer heatmaps; they draw on a fixed [0, 1] y scale of their own.
+at each fit's start, a black rule at each alert's batch. Shared by the line charts, the
+overview and the per-layer heatmaps; they draw on a fixed [0, 1] y scale of their own.
+`legend_html` is the one line under the overview that says what the marks shown mean.
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ from typing import Any, NamedTuple
 import bqplot as bq
 import numpy as np
 
-__all__ = ["ALERT", "NONFINITE", "Marked", "Overlay", "f32", "polygons", "rows", "set_if_changed"]
+from ..ranges import polygons
+
+__all__ = [
+    "ALERT", "NONFINITE", "Legend", "Marked", "Overlay", "f32", "legend_html", "rows",
+    "set_if_changed", "set_ticks",
+]  # fmt: skip
 
 NONFINITE = "#d62728"  # red: NaN/inf
-ALERT = "#ff7f0e"  # orange: an alert's batch
+ALERT = "#111111"  # black, a colour no layer has (`layer_colors`): an alert's batch
 
 
 def f32(a: Any) -> np.ndarray:
@@ -39,12 +45,13 @@ def set_if_changed(widget: Any, **values: Any) -> None:
                 setattr(widget, name, value)
 
 
-def polygons(x0: Any, x1: Any, y0: Any, y1: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Closed rectangles [x0, x1] x [y0, y1] as (k, 5) x and y arrays for a filled `Lines`."""
-    x0, x1, y0, y1 = np.broadcast_arrays(*(np.asarray(v, float) for v in (x0, x1, y0, y1)))
-    xs = np.stack([x0, x0, x1, x1, x0], axis=1)
-    ys = np.stack([y0, y1, y1, y0, y0], axis=1)
-    return f32(xs.reshape(-1, 5)), f32(ys.reshape(-1, 5))
+def set_ticks(axis: bq.Axis, values: np.ndarray, labels: dict[str, str]) -> None:
+    """Set an axis' ticks and their labels: the labels first, the values next, in two
+    messages. bqplot redraws a change of `tick_values` in a transition that keeps the label
+    formatter of that moment; in one message the two may apply in either order, and the
+    new ticks would keep the old labels."""
+    set_if_changed(axis, tick_labels=labels)
+    set_if_changed(axis, tick_values=np.asarray(values, float))
 
 
 class Marked(NamedTuple):
@@ -77,7 +84,7 @@ class Overlay:
             stroke_width=1.5, fill_opacities=[], interpolation="linear",
         )  # fmt: skip
         self.fits = _lines(x_scale, self.y, colors=["#777"], line_style="dashed", stroke_width=1)
-        self.alerts = _lines(x_scale, self.y, colors=[ALERT], stroke_width=1.5, opacities=[0.9])
+        self.alerts = _lines(x_scale, self.y, colors=[ALERT], stroke_width=1.2, opacities=[0.8])
         self.labels = (
             bq.Label(
                 x=np.zeros(0, np.float32),
@@ -142,4 +149,53 @@ def _rules(x: np.ndarray, lo: float, hi: float) -> dict[str, np.ndarray]:
 def _same(a: Marked, b: Marked) -> bool:
     return (
         a.fits == b.fits and np.array_equal(a.bands, b.bands) and np.array_equal(a.alerts, b.alerts)
+    )
+
+
+class Legend(NamedTuple):
+    """Which kinds of marks are drawn now (each gets an entry in the legend line)."""
+
+    nonfinite: bool = False
+    alerts: bool = False
+    fits: bool = False
+    off_scale: bool = False
+    reference: bool = False
+    no_data: bool = False
+
+
+_SWATCH = "display:inline-block;vertical-align:middle;margin:0 3px 0 0;"
+_ENTRIES = {  # Legend field -> (swatch style, text)
+    "nonfinite": (
+        f"width:14px;height:10px;background:{NONFINITE}59;border:1px solid {NONFINITE}",
+        "NaN/inf batches",
+    ),
+    "alerts": (
+        f"width:0;height:12px;border-left:2px solid {ALERT};margin-right:6px",
+        "◆ alert: a black rule at its batch, a diamond on its layer's row (the list above says"
+        " what)",
+    ),
+    "fits": ("width:14px;height:0;border-top:1px dashed #777", "a new fit starts"),
+    "off_scale": ("width:0;height:0", f"<span style='color:{NONFINITE}'>▲▼</span> off scale"),
+    "reference": ("width:16px;height:0;border-top:2px dashed #888;opacity:.5", "reference run"),
+    "no_data": (
+        "width:14px;height:10px;border:1px solid #bbb;"
+        "background:repeating-linear-gradient(135deg,#c8c8c8 0 1px,#fff 1px 4px)",
+        "no batch recorded",
+    ),
+}
+
+
+def legend_html(legend: Legend) -> str:
+    """One line naming each kind of mark drawn; "" when there is none."""
+    items = [
+        f"<span style='white-space:nowrap'><span style='{_SWATCH}{style}'></span>{text}</span>"
+        for field, (style, text) in _ENTRIES.items()
+        if getattr(legend, field)
+    ]
+    if not items:
+        return ""
+    return (
+        "<div class='actwidget-legend' style='font-size:12px;color:#444;line-height:18px'>"
+        + " &nbsp;·&nbsp; ".join(items)
+        + "</div>"
     )

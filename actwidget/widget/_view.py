@@ -3,9 +3,9 @@
 One multi-line bqplot mark per chart holds the selected layers only (so what is sent grows
 with the selection, not with the model), a second one a reference run, faded. Std and
 gradient std are on a log axis by default. The y range holds the bulk of every line, not
-its spikes (`_ranges.robust_range`); points beyond it sit on the edge with a triangle, and
+its spikes (`actwidget.ranges.robust_range`); points beyond it sit on the edge with a triangle, and
 the title counts them. Red bands mark non-finite batches, dashed rules each fit's start,
-orange rules each alert. Everything crosses as float32 buffers, in one message per mark.
+black rules each alert. Everything crosses as float32 buffers, in one message per mark.
 """
 
 from __future__ import annotations
@@ -16,9 +16,19 @@ import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
+from ..ranges import (
+    Range,
+    clip,
+    int_ticks,
+    line_arrays,
+    log_ticks,
+    nice_ticks,
+    robust_range,
+    tick_labels,
+)  # fmt: skip
 from ._grid import Grid
-from ._marks import NONFINITE, Marked, Overlay, f32, set_if_changed
-from ._ranges import Range, clip, int_ticks, line_arrays, log_ticks, nice_ticks, robust_range
+from ._marks import NONFINITE, Marked, Overlay, f32, set_if_changed, set_ticks
+from ._names import display_name
 
 __all__ = ["SERIES", "Charts", "Frame", "Series", "chart_grid"]
 
@@ -106,7 +116,11 @@ class LineChart:
         self.overlay = Overlay(x_scale)
         self.x_axis = x_axis(x_scale)
         fmt = ".2~g" if log else ".3~g"
-        self.y_axis = bq.Axis(scale=self.y, side="left", tick_format=fmt)
+        ticks = np.array([1e-3, 1e-2, 0.1, 1.0]) if log else np.array([0.0, 0.5, 1.0])
+        self.y_axis = bq.Axis(  # a few ticks before any data; each draw sets its own
+            scale=self.y, side="left", tick_format=fmt, tick_values=ticks,
+            tick_labels=tick_labels(ticks),
+        )  # fmt: skip
         marks = [*self.overlay.below, self.ref, self.lines, self.above, self.below]
         self.figure = bq.Figure(
             title=series.title,
@@ -119,6 +133,7 @@ class LineChart:
             animation_duration=0,
         )
         self.range = Range(0.0, 1.0, log)
+        self.off = 0  # points off scale at the last draw
 
     def draw(self, frame: Frame) -> None:
         key = self.series.key
@@ -136,7 +151,7 @@ class LineChart:
         for mark, where, edge in ((self.above, c.above, r.hi), (self.below, c.below, r.lo)):
             x = f32(frame.x[where.any(axis=0)])
             set_if_changed(mark, x=x, y=f32(np.full(len(x), edge)))
-        off = int(c.above.sum() + c.below.sum())
+        off = self.off = int(c.above.sum() + c.below.sum())
         empty = len(frame.names) and not np.isfinite(ys).any()
         title = self.series.title + (f" ({off} off scale)" if off else "")
         needs = self.series.needs
@@ -144,15 +159,16 @@ class LineChart:
         set_if_changed(self.figure, title=title + (f" ({why})" if empty else ""))
         set_if_changed(self.y, min=r.lo, max=r.hi)
         ticks = log_ticks(r.lo, r.hi) if self.log else nice_ticks(r.lo, r.hi, 6)
-        set_if_changed(self.y_axis, tick_values=ticks)
+        set_ticks(self.y_axis, ticks, tick_labels(ticks))
         self.range = r
         self.overlay.draw(frame.marked)
 
 
 def _set_lines(mark: bq.Lines, x: np.ndarray, ys: np.ndarray, names: list, colors: list) -> None:
-    """One message: the curves with data, labelled by layer (the picker hides by label)."""
+    """One message: the curves with data, labelled by display name (the picker hides by
+    label)."""
     xs, ys, keep = line_arrays(x, ys)
-    labels = [names[i] for i in keep]
+    labels = [display_name(names[i]) for i in keep]
     with mark.hold_sync():
         set_if_changed(mark, labels=labels, colors=[colors[i] for i in keep] or ["#555"])
         mark.x, mark.y = xs, ys

@@ -187,7 +187,8 @@ print(f"longest recent batch {{clock.longest_recent():.3f}} s")
 # dashed reference) with whether it is drawn (a path with >= k segments) and shown (no
 # `display: none` up the tree: the picker hides curves with bqplot's curves_subset).
 # heatmaps(root): per heatmap its title, whether it is displayed, its image decoded
-# (bqplot 0.13 draws a HeatMap as a PNG data URL on <image class="heatmap">).
+# (bqplot 0.13 draws a HeatMap as a PNG data URL on <image class="heatmap">); the overview's
+# colour bar (a heatmap without a title) is neither.
 PROBES_JS = (
     """() => {
   if (window.__aw) return;
@@ -254,7 +255,7 @@ PROBES_JS = (
   };
   const heatmaps = async (root) => {
     const out = [];
-    for (const f of figures(root).filter((f) => isHeat(f) && !isOverview(f)))
+    for (const f of figures(root).filter((f) => isHeat(f) && !isOverview(f) && title(f)))
       out.push(await decode(f, root));
     return out;
   };

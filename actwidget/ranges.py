@@ -1,14 +1,16 @@
-"""Axis ranges that one spike cannot flatten, the off-scale points they leave out, and ticks.
+"""Axis ranges that one spike cannot flatten, the off-scale points they leave out, ticks and
+their labels, and the arrays line and band marks take.
 
-Pure numpy: used by the widget's charts and by `ProgressCB`'s loss chart. Whatever the
-values (NaN, inf, 1e38, 1e300), what these functions return is finite and fits float32,
-so nothing non-finite ever reaches the browser.
+Pure numpy, no UI: shared by the widget's charts and `ProgressCB`'s loss chart (both import
+it; it imports neither). Whatever the values (NaN, inf, 1e38, 1e300), what these functions
+return is finite and fits float32, so nothing non-finite ever reaches the browser.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,7 +23,12 @@ __all__ = [
     "line_arrays",
     "log_ticks",
     "nice_ticks",
+    "polygons",
     "robust_range",
+    "superscript",
+    "tick_key",
+    "tick_label",
+    "tick_labels",
     "to_float32",
 ]
 
@@ -150,7 +157,8 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> np.ndarray:
 
 def log_ticks(lo: float, hi: float, most: int = 6) -> np.ndarray:
     """Ticks for a log axis over [lo, hi]: powers of ten (every k-th when there are many),
-    with 2x and 5x added when the range spans few decades."""
+    with 2x and 5x added when the range spans few decades; round values on a linear step
+    when fewer than two of those fall inside (a range within a decade)."""
     a, b = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
     decades = np.arange(a, b + 1)
     k = max(1, int(np.ceil(len(decades) / most)))
@@ -158,7 +166,11 @@ def log_ticks(lo: float, hi: float, most: int = 6) -> np.ndarray:
     if b - a <= 2:
         ticks = np.sort(np.concatenate([t * np.array([1.0, 2.0, 5.0]) for t in 10.0**decades]))
     inside = ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))]
-    return inside if len(inside) >= 2 else np.array([lo, hi])
+    if len(inside) >= 2:
+        return inside
+    linear = nice_ticks(lo, hi, 4)
+    linear = linear[linear > 0]
+    return linear if len(linear) >= 2 else np.array([lo, hi])
 
 
 def line_arrays(x: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -184,3 +196,80 @@ def line_arrays(x: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     cols = np.minimum(np.arange(max(n, 2))[None, :], last[:, None])
     ys = np.take_along_axis(ys, cols, axis=1)
     return x[cols].astype(np.float32), ys.astype(np.float32), keep
+
+
+def polygons(x0: Any, x1: Any, y0: Any, y1: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Closed rectangles [x0, x1] x [y0, y1] as (k, 5) float32 x and y arrays for a filled
+    multi-line mark (bands over batches)."""
+    x0, x1, y0, y1 = np.broadcast_arrays(*(np.asarray(v, float) for v in (x0, x1, y0, y1)))
+    xs = np.stack([x0, x0, x1, x1, x0], axis=1)
+    ys = np.stack([y0, y1, y1, y0, y0], axis=1)
+    return (
+        np.ascontiguousarray(xs.reshape(-1, 5), np.float32),
+        np.ascontiguousarray(ys.reshape(-1, 5), np.float32),
+    )
+
+
+_TIMES = "\u00d7"  # the multiplication sign
+_SUP = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def superscript(label: str) -> str:
+    """'2^-3' -> '2⁻³' (other labels unchanged)."""
+    base, _, exp = label.partition("^")
+    return base + exp.translate(_SUP) if exp else label
+
+
+def tick_key(v: float) -> str:
+    """`v` as JavaScript's `String(v)` writes it: the key under which a bqplot axis looks up
+    a tick's label in `tick_labels` (shortest round-trip digits; exponent form below 1e-6
+    and from 1e21)."""
+    v = float(v)
+    if v == 0 or not math.isfinite(v):
+        return "0" if v == 0 else ("NaN" if v != v else ("Infinity" if v > 0 else "-Infinity"))
+    sign = "-" if v < 0 else ""
+    mantissa, _, exp = repr(abs(v)).partition("e")
+    digits = mantissa.replace(".", "").lstrip("0")
+    point = mantissa.find(".") if "." in mantissa else len(mantissa)
+    lead = len(mantissa.replace(".", "")) - len(mantissa.replace(".", "").lstrip("0"))
+    n = point - lead + (int(exp) if exp else 0)  # v = 0.digits x 10^n
+    digits = digits.rstrip("0") or "0"
+    k = len(digits)
+    if k <= n <= 21:
+        return sign + digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return sign + digits[:n] + "." + digits[n:]
+    if -6 < n <= 0:
+        return sign + "0." + "0" * (-n) + digits
+    e = n - 1
+    body = digits[0] + ("." + digits[1:] if k > 1 else "")
+    return f"{sign}{body}e{'+' if e >= 0 else '-'}{abs(e)}"
+
+
+def tick_label(v: float, digits: int = 3) -> str:
+    """A tick label: plain decimals from 0.001 to 9999 ("0.05", "250"), a power of ten
+    outside ("10⁻⁶", or a mantissa times one: "2 times 10⁻⁵"), never "0.000001" or "1e-06";
+    `digits` significant digits at most."""
+    v = float(v)
+    if v == 0 or not math.isfinite(v):
+        return "0" if v == 0 else str(v)
+    if 1e-3 <= abs(v) < 1e4:
+        return np.format_float_positional(v, precision=digits, fractional=False, trim="-")
+    e = math.floor(math.log10(abs(v)))
+    m = float(np.format_float_positional(v / 10.0**e, precision=digits, fractional=False))
+    if abs(m) >= 10:
+        e, m = e + 1, m / 10
+    mant = np.format_float_positional(m, precision=digits, fractional=False, trim="-")
+    power = superscript(f"10^{e}")
+    return power if mant == "1" else ("-" + power if mant == "-1" else f"{mant}{_TIMES}{power}")
+
+
+def tick_labels(values: Iterable[float]) -> dict[str, str]:
+    """Labels for an axis' `tick_values` (`tick_label`), keyed as bqplot looks them up
+    (`tick_key`), with as few significant digits (3 or more) as keep them distinct."""
+    vals = [float(v) for v in values]
+    for digits in range(3, 11):
+        labels = [tick_label(v, digits) for v in vals]
+        if len(set(labels)) == len(set(vals)):
+            break
+    return {tick_key(v): t for v, t in zip(vals, labels, strict=True)}
