@@ -131,9 +131,9 @@ def _per_layer_step(
     """One merged row per (layer, batch): the layer and batch of each, and the rows."""
     if not len(rows):
         return np.zeros(0, np.int64), np.zeros(0, np.int64), rows
-    order = np.lexsort((rows[:, Field.STEP_FIRST], layers))
+    order = np.lexsort((rows[:, Field.BATCH_FIRST], layers))
     layers, rows = layers[order], rows[order]
-    step = rows[:, Field.STEP_FIRST]
+    step = rows[:, Field.BATCH_FIRST]
     starts = np.flatnonzero(np.r_[True, (step[1:] != step[:-1]) | (layers[1:] != layers[:-1])])
     return (
         layers[starts].astype(np.int64),
@@ -171,7 +171,7 @@ def _unpack(
     cells = grid[layer, batch]
     out = np.zeros((len(cells), width))
     out[:, Field.BATCHES] = 1
-    out[:, Field.STEP_SUM] = out[:, Field.STEP_FIRST] = out[:, Field.STEP_LAST] = lo + batch
+    out[:, Field.BATCH_SUM] = out[:, Field.BATCH_FIRST] = out[:, Field.BATCH_LAST] = lo + batch
     at = 1 + len(_ADDITIVE)
     out[:, _ADDITIVE] = cells[:, 1:at]
     out[:, HIST:] = cells[:, at : at + width - HIST]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .estimator import DEAD_BELOW, Acc, Bins, Slots
@@ -144,17 +145,18 @@ class Folder:
         keys = torch.where(lay.valid, self.bins.keys(m), size - 1).long()
         keys += torch.arange(0, e * size, size, device=m.device)[:, None]
         counts = torch.bincount(keys.view(-1), minlength=e * size).view(e, size)[:, :-1]
-        return (counts.double() * lay.weight[:, None]) @ self.bins.fold
+        return self.bins.fold_counts(counts.double() * lay.weight[:, None])
 
     def _exact_counts(self, filled: Sequence[Filled], lay: _Layout) -> torch.Tensor:
         """Exact mode: each entry's counts as (near, NaN/inf, bins): from [near, 256
         exponents] (log bins), or from counts per key (linear)."""
         c = torch.stack([filled[i].slots.counts for i in lay.exact]).double()
         if not self.bins.log:
-            return c @ self.bins.fold
+            return self.bins.fold_counts(c)
         if self._exp_fold is None:
             self._exp_fold = _exponent_fold(self.config, c.device)
-        return torch.cat([c[:, :1], c[:, 1:] @ self._exp_fold], 1)
+        folded = c.new_zeros(len(c), 1 + self.config.bins).index_add_(1, self._exp_fold, c[:, 1:])
+        return torch.cat([c[:, :1], folded], 1)
 
     def _grads(self, filled: Sequence[Filled], lay: _Layout, zeros) -> list[torch.Tensor]:
         """The G_* fields per entry (zero where no gradient was recorded)."""
@@ -184,34 +186,35 @@ def _layout(filled: Sequence[Filled], dev: torch.device) -> _Layout:
         elif f.fwd:
             singles.append(i)
     order = [i for members in by_shape.values() for i in members] + singles
-    seg_s, per_p, unit_of, unit_entry, seg_n, sample_at = [], [], [], [], [], []
     plans = [f.slots.plan for f in filled]
     k = max((plans[i].taken for i in order), default=1)
+    # Built with numpy (no torch call per layer), moved to the device once per array.
+    seg_s, per_p, unit_of, unit_entry, seg_n, sample_at = [], [], [], [], [], []
     for i in order:
-        p = filled[i].slots.plan
-        seg_s.append(torch.full((p.partials,), i))
-        per_p.append(torch.full((p.partials,), float(p.numel // p.partials)))
+        p = plans[i]
+        seg_s.append(np.full(p.partials, i))
+        per_p.append(np.full(p.partials, float(p.numel // p.partials)))
         if p.units:
-            unit_of.append(len(unit_entry) + (torch.arange(p.partials) // p.div) % p.units)
+            unit_of.append(len(unit_entry) + (np.arange(p.partials) // p.div) % p.units)
             unit_entry += [i] * p.units
         else:  # no units: its partials go to a spare unit, never counted
-            unit_of.append(torch.full((p.partials,), -1))
-        seg_n.append(torch.full((p.view[0],), i))
-        sample_at.append(i * k + torch.arange(p.taken))
-    unit_of = [torch.where(u < 0, len(unit_entry), u) for u in unit_of]
+            unit_of.append(np.full(p.partials, -1))
+        seg_n.append(np.full(p.view[0], i))
+        sample_at.append(i * k + np.arange(p.taken))
+    unit_of = [np.where(u < 0, len(unit_entry), u) for u in unit_of]
     grads = [i for i, f in enumerate(filled) if f.grad]
     g_s, g_n, g_x, g_w = [], [], [], []
     for i in grads:
-        p = filled[i].slots.plan
-        g_s.append(torch.full((p.partials,), i))
-        g_n.append(torch.full((p.view[0],), i))
-        g_x.append(torch.full((p.taken,), i))
-        g_w.append(torch.full((p.taken,), p.numel / p.taken, dtype=torch.float64))
-    valid = torch.zeros(len(filled), k, dtype=torch.bool)
+        p = plans[i]
+        g_s.append(np.full(p.partials, i))
+        g_n.append(np.full(p.view[0], i))
+        g_x.append(np.full(p.taken, i))
+        g_w.append(np.full(p.taken, p.numel / p.taken))
+    valid = np.zeros((len(filled), k), dtype=bool)
     for i in order:
         valid[i, : plans[i].taken] = True
-    at = torch.cat(sample_at) if sample_at else torch.zeros(0, dtype=torch.int64)
-    dense = len(order) == len(filled) and torch.equal(at, torch.arange(len(filled) * k))
+    at = np.concatenate(sample_at) if sample_at else np.zeros(0, np.int64)
+    dense = len(order) == len(filled) and np.array_equal(at, np.arange(len(filled) * k))
     exact = [i for i in order if filled[i].slots.counts is not None]
     groups = []
     for members in by_shape.values():
@@ -219,14 +222,17 @@ def _layout(filled: Sequence[Filled], dev: torch.device) -> _Layout:
         where = None if p.sample is None else torch.stack([plans[i].sample for i in members])
         groups.append((members, torch.tensor(members, device=dev), where))
 
-    def cat(xs: list[torch.Tensor], dtype=torch.int64) -> torch.Tensor:
-        return (torch.cat(xs) if xs else torch.zeros(0, dtype=dtype)).to(dev)
+    def t(values, dtype=torch.int64) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values), dtype=dtype).to(dev)
+
+    def cat(xs: list[np.ndarray], dtype=torch.int64) -> torch.Tensor:
+        return t(np.concatenate(xs) if xs else np.zeros(0), dtype)
 
     def f64(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float64, device=dev)
+        return t(values, torch.float64)
 
     return _Layout(
-        rows=torch.tensor([f.row for f in filled], device=dev),
+        rows=t([f.row for f in filled]),
         calls=f64([float(f.fwd) for f in filled]),
         numel=f64([float(p.numel) * f.fwd for p, f in zip(plans, filled, strict=True)]),
         units=f64([float(p.units) * f.fwd for p, f in zip(plans, filled, strict=True)]),
@@ -236,14 +242,14 @@ def _layout(filled: Sequence[Filled], dev: torch.device) -> _Layout:
         seg_sums=cat(seg_s),
         per_partial=cat(per_p, torch.float64),
         unit_of=cat(unit_of),
-        unit_entry=torch.tensor(unit_entry, dtype=torch.int64, device=dev),
+        unit_entry=t(unit_entry),
         seg_norms=cat(seg_n),
-        sample_at=None if dense else at.to(dev),
-        valid=valid.to(dev),
+        sample_at=None if dense else t(at),
+        valid=t(valid, torch.bool),
         k=k,
         weight=f64([p.numel / p.taken for p in plans]),
         exact=exact,
-        exact_idx=torch.tensor(exact, dtype=torch.int64, device=dev),
+        exact_idx=t(exact),
         grads=grads,
         seg_g_sums=cat(g_s),
         seg_g_norms=cat(g_n),
@@ -274,13 +280,10 @@ def _merge(rows: torch.Tensor, n_b, mean_b, m2_b):
 
 
 def _exponent_fold(config: StatsConfig, device: torch.device) -> torch.Tensor:
-    """(256, 1 + bins): a float32 exponent of |a| -> [NaN/inf, log bins...] (exact mode).
+    """(256,): the column of [NaN/inf, log bins...] each float32 exponent of |a| goes to.
 
     Bin i holds [2**(lo+i-1), 2**(lo+i)), biased exponent e = lo + i - 1 + 127; below 2**lo
     (zeros and subnormals included) is bin 0; 2**hi and above the last bin."""
-    e = torch.arange(256)
-    col = 1 + (e - (126 + config.log_range[0])).clamp(0, config.bins - 1)
+    col = 1 + (torch.arange(256) - (126 + config.log_range[0])).clamp(0, config.bins - 1)
     col[255] = 0
-    fold = torch.zeros(256, 1 + config.bins, dtype=torch.float64)
-    fold[e, col] = 1
-    return fold.to(device)
+    return col.to(device)

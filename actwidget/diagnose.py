@@ -135,6 +135,7 @@ class _Layer:
     """What the rules remember of one layer: a fixed handful of numbers."""
 
     __slots__ = (
+        "batch",
         "dead",
         "dead_low",
         "dead_run",
@@ -149,12 +150,11 @@ class _Layer:
         "n",
         "ref",
         "smooth",
-        "step",
         "vanish_run",
     )
 
     def __init__(self) -> None:
-        self.step = -1  # the last batch index seen
+        self.batch = -1  # the last batch index seen
         self.fresh = self.gfresh = True  # the next activation / gradient is its fit's first
         self.n = 0  # activation batches since the warm-up (re)started
         self.level = math.nan  # recent level: EMA (_RECENT) of log std
@@ -245,9 +245,9 @@ class Diagnoser:
         for row in zip(layer_of.tolist(), *self._derived(rows), strict=True):
             i, step, act, grad, bad, gbad, std, dead, judged, gcount, gstd = row
             s, name, b = states[i], order[i], int(step)
-            if b < s.step:  # batch indices went back: the recorder was reset, start over
+            if b < s.batch:  # batch indices went back: the recorder was reset, start over
                 s.__init__()
-            s.step = b
+            s.batch = b
             if bad > 0:
                 before = len(raised)
                 self._nonfinite(fire, b, bad)
@@ -299,7 +299,7 @@ class Diagnoser:
             dead = r[:, Field.DEAD] / r[:, Field.UNITS]
             gstd = _std(r[:, Field.G_M2], r[:, Field.G_COUNT])
         series = [
-            r[:, Field.STEP_FIRST],
+            r[:, Field.BATCH_FIRST],
             r[:, Field.NUMEL] > 0,
             (r[:, Field.G_COUNT] > 0) | (r[:, Field.G_NONFINITE] > 0),
             r[:, Field.NONFINITE],
@@ -457,7 +457,7 @@ def _batch_major(blocks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     gradient rows, of one batch) are merged exactly first, as the store does."""
     rows = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
     layer_of = np.repeat(np.arange(len(blocks)), [len(b) for b in blocks])
-    step = rows[:, Field.STEP_FIRST]
+    step = rows[:, Field.BATCH_FIRST]
     by_layer = np.lexsort((step, layer_of))
     if (by_layer[1:] < by_layer[:-1]).any():
         rows, layer_of, step = rows[by_layer], layer_of[by_layer], step[by_layer]

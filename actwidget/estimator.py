@@ -48,7 +48,9 @@ __all__ = [
     "accumulate",
     "accumulate_grad",
     "bucket_bins",
+    "first_shift",
     "jitter",
+    "next_shift",
     "plan",
 ]
 
@@ -120,6 +122,16 @@ class Bins:
                         row[0] = not above
                         row[2 + b] = 1
         self.fold = torch.tensor(fold, dtype=torch.float64, device=device)
+        # The same map as indices (no matrix product at a batch end: a BLAS call there can
+        # wait on its thread pool when other threads keep the CPUs busy).
+        self.column = torch.tensor(fold[:, 1:].argmax(1), device=device)  # key -> NaN/inf|bin
+        self.near = torch.tensor(fold[:, 0] > 0, device=device)  # key -> near zero
+
+    def fold_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """(E, size) counts per key -> (E, 2 + bins): near-zero, NaN/inf, histogram."""
+        out = counts.new_zeros(len(counts), 1 + self.bins).index_add_(1, self.column, counts)
+        near = torch.where(self.near, counts, 0.0).sum(1, keepdim=True)
+        return torch.cat([near, out], 1)
 
     def keys(self, x: torch.Tensor) -> torch.Tensor:
         """The key of every value of float32 `x` (int32, same shape)."""
@@ -144,8 +156,8 @@ def jitter(name: str, k: int) -> torch.Tensor:
     Positions `floor(offsets * numel / k)` take one value from each of k equal strata:
     distinct and sorted, and never in step with a feature map (a fixed stride is, for some
     shape: measured, 26% near-zero read for a true 6%)."""
-    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-    return torch.arange(k, dtype=torch.float64) + torch.rand(k, generator=g, dtype=torch.float64)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    return torch.from_numpy(np.arange(k) + rng.random(k))
 
 
 # --- plans: how outputs of one shape are reduced ------------------------------------------------
@@ -210,7 +222,7 @@ def plan(
     return Plan(shape, n, view, sum_dim, units, div, min(n, k), sample, n <= COPY_MAX and not exact)
 
 
-Shift = float | torch.Tensor  # a layer's shift: a number, or (first calls) a device scalar
+Shift = float
 
 
 # --- eager: one layer's slots -------------------------------------------------------------------
@@ -218,19 +230,26 @@ class Slots:
     """One layer's buffers for one plan in eager mode: what a call writes (`out=`) and the
     batch boundary reads (`actwidget._fold`). `g_*` hold the gradient of the same output."""
 
-    def __init__(self, p: Plan, exact: bool, device: torch.device, bins: Bins) -> None:
+    def __init__(
+        self, p: Plan, exact: bool, device: torch.device, bins: Bins, grads: bool = False
+    ) -> None:
         self.plan, self.bins, self.device = p, bins, device
         f = torch.float64 if exact else torch.float32
         dev = {"device": device}
-        self.copy = torch.empty(p.numel, **dev) if p.copy else None
-        self.sums = torch.empty(p.partials, dtype=f, **dev)
-        self.norms = torch.empty(p.view[0], dtype=f, **dev)
-        self.sample = torch.empty(p.taken, **dev)
+        empty = torch.empty(0, **dev)
+        if p.copy:  # the whole activation; the boundary reduces it
+            self.copy: torch.Tensor | None = torch.empty(p.numel, **dev)
+            self.sums = self.norms = self.sample = empty
+        else:
+            self.copy = None
+            self.sums = torch.empty(p.partials, dtype=f, **dev)
+            self.norms = torch.empty(p.view[0], dtype=f, **dev)
+            self.sample = torch.empty(p.taken, **dev)
         size = 257 if bins.log else bins.size  # [near, 256 exponents] or per key
         self.counts = torch.empty(size, dtype=torch.int64, **dev) if exact else None
-        self.g_sums = torch.empty(p.partials, **dev)
-        self.g_norms = torch.empty(p.view[0], **dev)
-        self.g_sample = torch.empty(p.taken, **dev)
+        self.g_sums = torch.empty(p.partials, **dev) if grads else empty
+        self.g_norms = torch.empty(p.view[0], **dev) if grads else empty
+        self.g_sample = torch.empty(p.taken, **dev) if grads else empty
 
     def record(self, x: torch.Tensor, shift: Shift, scratch: Scratch) -> None:
         """One call's passes into the slots (`x`: float32, contiguous, detached)."""
@@ -245,7 +264,7 @@ class Slots:
             self._passes(d.nan_to_num_(0.0, 0.0, 0.0), self.sums, self.norms)
             self._count(flat, d.view(torch.int32)[: flat.numel()])
         else:
-            self._passes(flat - shift if _nonzero(shift) else flat, self.sums, self.norms)
+            self._passes(flat - shift if shift else flat, self.sums, self.norms)
 
     def record_grad(self, g: torch.Tensor) -> None:
         """The gradient of the recorded output (float32, contiguous)."""
@@ -275,10 +294,6 @@ class Slots:
         torch.bitwise_and(flat.view(torch.int32), 0x7FFFFFFF, out=bits)
         self.counts[0] = torch.count_nonzero(bits <= self.bins.near_bits)
         self.counts[1:] = torch.bincount(bits.__irshift__(23), minlength=256)
-
-
-def _nonzero(shift: Shift) -> bool:
-    return isinstance(shift, torch.Tensor) or shift != 0.0
 
 
 class Scratch:
@@ -382,6 +397,14 @@ def _merge_moments(row: torch.Tensor, n_b, mean_b, m2_b):
     delta = mean_b - mean_a
     w = torch.where(n > 0, n_b / n.clamp(min=1), 0.0)
     return n, mean_a + delta * w, m2_a + m2_b + delta * delta * n_a * w
+
+
+def first_shift(x: torch.Tensor, p: Plan) -> float:
+    """Where a layer's sums are centred before any batch of it has been seen: the mean of
+    its first call's sample (0 when that is not finite). One host read per layer, once."""
+    sample = x.reshape(-1) if p.sample is None else x.reshape(-1)[p.sample]
+    value = float(torch.nanmean(sample.double()))
+    return float(np.float32(value)) if math.isfinite(value) and abs(value) < 1e30 else 0.0
 
 
 def next_shift(current: float | None, mean: float, var: float, known: bool) -> float | None:

@@ -86,7 +86,7 @@ class StoreModuleStats(StatsHooks):
             [m], on_train=on_train, on_valid=on_valid, periodicity=periodicity, config=config,
             alerts=False, auto_step=False,
         )  # fmt: skip
-        self._taps.after_call = self.step  # one column per call
+        self._taps.after_call = self.end_batch  # one column per call
         self.attach()
         if name is not None:
             self._taps.taps[0].name = name
@@ -123,5 +123,5 @@ class StoreModuleStats(StatsHooks):
     def plot(self, ax0: Any, ax1: Any, label: str | None = None) -> None:
         """Plot this layer's mean on `ax0` and its std on `ax1`, as the course does."""
         s = self.layer_stats
-        ax0.plot(s.step, s.mean, label=label or self.name)
-        ax1.plot(s.step, s.std, label=label or self.name)
+        ax0.plot(s.batch, s.mean, label=label or self.name)
+        ax1.plot(s.batch, s.std, label=label or self.name)

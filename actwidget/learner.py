@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-_RUN_IDS = itertools.count(1)  # fit ids unique across learners: a stale stop never matches
+_FIT_IDS = itertools.count(1)  # fit ids unique across learners: a stale stop never matches
 
 
 class Callback:
@@ -137,7 +137,7 @@ class Learner:
         self.cbs = list(cbs or [])
         self.opt_func = opt_func
         self.opt: optim.Optimizer | None = None
-        self.run_id = 0
+        self.fit_id = 0
         self.stopped_at: tuple[int, int] | None = None
         self.error: BaseException | None = None
         self.n_epochs, self.epochs = 0, range(0)
@@ -162,13 +162,13 @@ class Learner:
         """Run the event `method_nm` on this learner's callbacks."""
         run_cbs(self.cbs, method_nm, self)
 
-    def request_stop(self, run_id: int | None = None) -> bool:
+    def request_stop(self, fit_id: int | None = None) -> bool:
         """Ask the running fit to stop at the next batch boundary; thread- and signal-safe.
 
-        Refused (False) when no fit runs or `run_id` is given and is not the running fit's.
+        Refused (False) when no fit runs or `fit_id` is given and is not the running fit's.
         """
         with self._lock:
-            if self._running is None or (run_id is not None and run_id != self._running):
+            if self._running is None or (fit_id is not None and fit_id != self._running):
                 return False
             self._stop.set()
             return True
@@ -191,9 +191,9 @@ class Learner:
         extra = list(cbs or [])
         self.cbs.extend(extra)
         with self._lock:
-            self.run_id = next(_RUN_IDS)
+            self.fit_id = next(_FIT_IDS)
             self._stop.clear()
-            self._running = self.run_id
+            self._running = self.fit_id
         self.stopped_at, self.error, self._last_done = None, None, (0, -1)
         try:
             self.n_epochs, self.epochs = n_epochs, range(n_epochs)

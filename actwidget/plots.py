@@ -32,8 +32,8 @@ def mean_std_plot(stats: RunStats, layers: Sequence[str] | None = None, figsize=
     """Two panels: each layer's activation mean, and std, against the batch count."""
     fig, axs = _figure(1, 2, figsize)
     for s in _layers(stats, layers):
-        axs[0, 0].plot(s.step, s.mean, label=s.name)
-        axs[0, 1].plot(s.step, s.std, label=s.name)
+        axs[0, 0].plot(s.batch, s.mean, label=s.name)
+        axs[0, 1].plot(s.batch, s.std, label=s.name)
     for ax, title in zip(axs[0], ["Means", "Stdevs"], strict=True):
         ax.set_title(title)
         ax.set_xlabel("batch")
@@ -47,7 +47,7 @@ def near_zero_plot(stats: RunStats, layers: Sequence[str] | None = None, figsize
     fig, axs = _figure(1, 1, figsize)
     ax = axs[0, 0]
     for s in _layers(stats, layers):
-        ax.plot(s.step, s.near_zero, label=s.name)
+        ax.plot(s.batch, s.near_zero, label=s.name)
     ax.set_ylim(0, 1)
     ax.set_title(f"Fraction near zero (|a| <= {stats.config.near_zero:g})")
     ax.set_xlabel("batch")
@@ -69,7 +69,7 @@ def hist_plot(
     top = config.hist_max if linear else config.bins
     for ax, s in zip(axs.flat, chosen, strict=False):
         if len(s):
-            x0, x1 = s.step[0], s.step[-1] + 1
+            x0, x1 = s.batch[0], s.batch[-1] + 1
             ax.imshow(np.log1p(s.hist.T), origin="lower", aspect="auto", extent=(x0, x1, 0, top))
         ax.set_title(s.name, fontsize="small")
         ax.set_xlabel("batch")

@@ -63,8 +63,8 @@ class RunStatus(NamedTuple):
     fit_batches: int = 0  # batches of the current (or last) fit
     epoch: int | None = None  # 0-based, when the loop has epochs
     epochs: int | None = None
-    epoch_step: int = 0  # batches done in the current epoch
-    epoch_steps: int | None = None
+    epoch_batch: int = 0  # batches done in the current epoch
+    epoch_batches: int | None = None
     phase: str = "train"
     elapsed: float = 0.0  # seconds since the fit began (until it ended)
     message: str = ""  # how it stopped or why it failed

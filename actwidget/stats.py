@@ -38,9 +38,9 @@ class Field(IntEnum):
     """The fields of one time column (one float64 row); the |a| histogram follows at `HIST`."""
 
     BATCHES = 0  # batches in the column
-    STEP_SUM = 1  # sum of their batch indices (STEP_SUM / BATCHES is the column's x)
-    STEP_FIRST = 2
-    STEP_LAST = 3
+    BATCH_SUM = 1  # sum of their batch indices (BATCH_SUM / BATCHES is the column's x)
+    BATCH_FIRST = 2
+    BATCH_LAST = 3
     NUMEL = 4  # activation values seen, finite or not
     COUNT = 5  # finite values (the moments below are over these)
     MEAN = 6
@@ -58,7 +58,7 @@ class Field(IntEnum):
 
 HIST = len(Field)  # first histogram bin
 _MOMENTS = [(Field.COUNT, Field.MEAN, Field.M2), (Field.G_COUNT, Field.G_MEAN, Field.G_M2)]
-_ADDITIVE = [f for f in Field if f not in (Field.STEP_FIRST, Field.STEP_LAST, *_MOMENTS[0][1:])]
+_ADDITIVE = [f for f in Field if f not in (Field.BATCH_FIRST, Field.BATCH_LAST, *_MOMENTS[0][1:])]
 _ADDITIVE = [f for f in _ADDITIVE if f not in _MOMENTS[1][1:]]
 _FORMAT = "actwidget-stats/2"
 _MAX_BINS = 4096
@@ -231,8 +231,8 @@ def merge_groups(cols: np.ndarray, starts: np.ndarray) -> np.ndarray:
     add = np.add.reduceat
     out[:, _ADDITIVE] = add(cols[:, _ADDITIVE], starts, axis=0)
     out[:, HIST:] = add(cols[:, HIST:], starts, axis=0)
-    out[:, Field.STEP_FIRST] = np.minimum.reduceat(cols[:, Field.STEP_FIRST], starts)
-    out[:, Field.STEP_LAST] = np.maximum.reduceat(cols[:, Field.STEP_LAST], starts)
+    out[:, Field.BATCH_FIRST] = np.minimum.reduceat(cols[:, Field.BATCH_FIRST], starts)
+    out[:, Field.BATCH_LAST] = np.maximum.reduceat(cols[:, Field.BATCH_LAST], starts)
     sizes = np.diff(np.append(starts, len(cols)))
     for count, mean_f, m2_f in _MOMENTS:
         n = cols[:, count]
@@ -249,13 +249,13 @@ def merge_groups(cols: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 def _combine_steps(rows: np.ndarray) -> np.ndarray:
     """Merge consecutive rows of the same step (calls within one batch) into one batch each."""
-    step = rows[:, Field.STEP_FIRST]
+    step = rows[:, Field.BATCH_FIRST]
     starts = np.flatnonzero(np.r_[True, step[1:] != step[:-1]])
     if len(starts) == len(rows):
         return rows
     out = merge_groups(rows, starts)
     out[:, Field.BATCHES] = 1
-    out[:, Field.STEP_SUM] = out[:, Field.STEP_FIRST]
+    out[:, Field.BATCH_SUM] = out[:, Field.BATCH_FIRST]
     return out
 
 
@@ -313,11 +313,11 @@ class LayerStats:
         if not len(rows):
             return
         rows = _combine_steps(rows)
-        if len(self._cols) and self._cols[-1, Field.STEP_LAST] == rows[0, Field.STEP_FIRST]:
+        if len(self._cols) and self._cols[-1, Field.BATCH_LAST] == rows[0, Field.BATCH_FIRST]:
             # More calls of the batch the last column ended with: no new batch.
             both = merge_groups(np.stack([self._cols[-1], rows[0]]), np.array([0]))
             both[0, Field.BATCHES] -= 1
-            both[0, Field.STEP_SUM] -= rows[0, Field.STEP_FIRST]
+            both[0, Field.BATCH_SUM] -= rows[0, Field.BATCH_FIRST]
             self._cols = np.concatenate([self._cols[:-1], both])
             rows = rows[1:]
             if not len(rows):
@@ -346,14 +346,14 @@ class LayerStats:
     def since(self, batch: float) -> LayerStats:
         """A copy holding only the columns that end at or after `batch`."""
         out = self.copy()
-        out._cols = self._cols[self._cols[:, Field.STEP_LAST] >= batch]
+        out._cols = self._cols[self._cols[:, Field.BATCH_LAST] >= batch]
         return out
 
     # The public series.
     @property
-    def step(self) -> np.ndarray:
+    def batch(self) -> np.ndarray:
         """The mean batch index of each column (the x axis)."""
-        return _ratio(self._cols[:, Field.STEP_SUM], self._cols[:, Field.BATCHES])
+        return _ratio(self._cols[:, Field.BATCH_SUM], self._cols[:, Field.BATCHES])
 
     @property
     def batches(self) -> np.ndarray:
@@ -486,7 +486,7 @@ class RunStats(Mapping[str, LayerStats]):
     @property
     def batches(self) -> int:
         """One past the last recorded batch index (0 when empty)."""
-        ends = [s.columns[-1, Field.STEP_LAST] + 1 for s in self._layers.values() if len(s)]
+        ends = [s.columns[-1, Field.BATCH_LAST] + 1 for s in self._layers.values() if len(s)]
         return int(max(ends, default=0))
 
     def snapshot(self) -> RunStats:
@@ -588,7 +588,7 @@ class RunStats(Mapping[str, LayerStats]):
 
 # Fields that count something (finite, >= 0), and those that must be whole numbers.
 _COUNTS = [f for f in Field if f not in (Field.MEAN, Field.M2, Field.G_MEAN, Field.G_M2)]
-_WHOLE = [Field.BATCHES, Field.STEP_FIRST, Field.STEP_LAST]
+_WHOLE = [Field.BATCHES, Field.BATCH_FIRST, Field.BATCH_LAST]
 
 
 def _check_columns(cols: Any, config: StatsConfig, name: str, source: str) -> np.ndarray:
@@ -625,9 +625,9 @@ def _check_columns(cols: Any, config: StatsConfig, name: str, source: str) -> np
         wnames = [f.name for f in _WHOLE]
         first_bad((whole != np.floor(whole)) | (whole > 2.0**53), wnames, "not a whole number")
         first_bad(cols[:, [Field.BATCHES]] < 1, ["BATCHES"], "a column without batches")
-        first, last = cols[:, Field.STEP_FIRST], cols[:, Field.STEP_LAST]
+        first, last = cols[:, Field.BATCH_FIRST], cols[:, Field.BATCH_LAST]
         order = np.r_[False, first[1:] <= last[:-1]] | (first > last)
-        first_bad(order[:, None], ["STEP_FIRST"], "batch indices overlap or go backwards")
+        first_bad(order[:, None], ["BATCH_FIRST"], "batch indices overlap or go backwards")
         m2 = cols[:, [Field.M2, Field.G_M2]]
         first_bad(
             ~(np.isfinite(m2) & (m2 >= 0)), ["M2", "G_M2"], "not a finite sum of squares >= 0"

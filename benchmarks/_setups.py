@@ -88,7 +88,7 @@ def _actwidget(config: StatsConfig | None = None, alerts: bool = True):
             hooks.end_fit()
             hooks.remove()
 
-        return Handle(hooks.step, close)
+        return Handle(hooks.end_batch, close)
 
     return make
 

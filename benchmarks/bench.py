@@ -292,8 +292,8 @@ def estimator_table(device: str) -> list[list]:
     with torch.no_grad():
         for xb, _ in make_batches(4, 256, device):
             model(xb)
-            sampled.step()
-            exact.step()
+            sampled.end_batch()
+            exact.end_batch()
     sampled.remove()
     exact.remove()
     rows = []
@@ -331,7 +331,7 @@ def moments_accuracy_table() -> list[list]:
         layer = torch.nn.Identity()
         with StatsHooks([layer], alerts=False) as hooks:
             layer(x)
-            hooks.step()
+            hooks.end_batch()
         st = hooks.stats[hooks.names[0]]
         rows.append([name, f"{abs(st.mean[0] - rm) / rs:.1e}", f"{abs(st.std[0] / rs - 1):.1e}",
                      f"{abs(s1 / n - rm) / rs:.1e}", f"{abs(old_std / rs - 1):.1e}"])  # fmt: skip
@@ -349,7 +349,7 @@ def synthetic_stats(n_batches: int, n_layers: int, chunk: int = 20_000):
         cols = np.zeros((k, stats.config.width))
         steps = np.arange(start, start + k)
         cols[:, Field.BATCHES] = 1
-        cols[:, Field.STEP_SUM] = cols[:, Field.STEP_FIRST] = cols[:, Field.STEP_LAST] = steps
+        cols[:, Field.BATCH_SUM] = cols[:, Field.BATCH_FIRST] = cols[:, Field.BATCH_LAST] = steps
         cols[:, Field.NUMEL] = cols[:, Field.COUNT] = 1000
         cols[:, Field.MEAN] = rng.normal(size=k)
         cols[:, Field.M2] = 999
@@ -473,7 +473,7 @@ def widget_table() -> list[list]:
             times, sent, n = [], 0, size
             for _ in range(5):
                 n += 1  # a new batch arrives between redraws, as in a live run
-                one[0, [Field.STEP_SUM, Field.STEP_FIRST, Field.STEP_LAST]] = n
+                one[0, [Field.BATCH_SUM, Field.BATCH_FIRST, Field.BATCH_LAST]] = n
                 for name in list(stats):
                     stats.append(name, one)
                 before = sum(c.bytes for c in comms)

@@ -150,7 +150,7 @@ def collective_table(combiner, n_layers: int, flush: int, rounds: int) -> list[l
     layers = np.tile(np.arange(n_layers), flush)
     rows = np.zeros((len(steps), width))
     rows[:, Field.BATCHES] = 1
-    rows[:, Field.STEP_FIRST] = rows[:, Field.STEP_LAST] = rows[:, Field.STEP_SUM] = steps
+    rows[:, Field.BATCH_FIRST] = rows[:, Field.BATCH_LAST] = rows[:, Field.BATCH_SUM] = steps
     rows[:, Field.NUMEL] = rows[:, Field.COUNT] = 100
     rows[:, Field.MEAN], rows[:, Field.M2], rows[:, HIST + 20] = 0.5, 10.0, 100
     combine, agree = [], []

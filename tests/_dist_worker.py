@@ -74,7 +74,7 @@ def tensor_parallel(out: Path, run_dir: Path, steps: int) -> None:
         for step in range(steps):
             g = torch.Generator().manual_seed(step)  # the same input on every rank
             model(torch.randn(8, 6, generator=g) * 2 + 1)
-            hooks.step()
+            hooks.end_batch()
     if rank == 0:
         torch.save(full, out / "full.pt")
 

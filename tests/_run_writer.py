@@ -33,7 +33,7 @@ def synthetic_columns(layer: int, first: int, n: int) -> np.ndarray:
     steps = np.arange(first, first + n)
     cols = np.zeros((n, SYNTHETIC.width))
     cols[:, Field.BATCHES] = 1
-    cols[:, Field.STEP_SUM] = cols[:, Field.STEP_FIRST] = cols[:, Field.STEP_LAST] = steps
+    cols[:, Field.BATCH_SUM] = cols[:, Field.BATCH_FIRST] = cols[:, Field.BATCH_LAST] = steps
     cols[:, Field.NUMEL] = cols[:, Field.COUNT] = 10
     cols[:, Field.MEAN] = steps + layer
     cols[:, Field.G_MEAN] = np.nan  # no gradients
@@ -48,11 +48,11 @@ def check(layer: int, s: LayerStats) -> int:
     if not len(c):
         return 0
     n = c[:, Field.BATCHES]
-    first, last = c[:, Field.STEP_FIRST], c[:, Field.STEP_LAST]
+    first, last = c[:, Field.BATCH_FIRST], c[:, Field.BATCH_LAST]
     assert first[0] == 0, first
     np.testing.assert_array_equal(first[1:], last[:-1] + 1)  # contiguous, in order
     np.testing.assert_array_equal(n, last - first + 1)
-    np.testing.assert_array_equal(c[:, Field.STEP_SUM], (first + last) * n / 2)
+    np.testing.assert_array_equal(c[:, Field.BATCH_SUM], (first + last) * n / 2)
     np.testing.assert_array_equal(c[:, Field.NUMEL], 10 * n)
     np.testing.assert_array_equal(c[:, Field.COUNT], 10 * n)
     np.testing.assert_allclose(c[:, Field.MEAN], (first + last) / 2 + layer, rtol=1e-12)

@@ -73,7 +73,7 @@ def test_records_each_batch_exactly_with_layer_names():
         train = [o for o, training in zip(c.outs[m], c.modes[m], strict=True) if training]
         s = stats[name]
         assert len(s) == 6
-        np.testing.assert_array_equal(s.step, np.arange(6))
+        np.testing.assert_array_equal(s.batch, np.arange(6))
         for i, out in enumerate(train):
             assert_column(s, i, [out])
 
@@ -117,7 +117,7 @@ def test_on_train_on_valid_reach_the_hooks(on_train, on_valid, phases):
     kept = [o for o, training in pairs if (on_train if training else on_valid)]
     for i, out in enumerate(kept):
         assert_column(s, i, [out])
-    np.testing.assert_array_equal(s.step, np.arange(len(phases)))
+    np.testing.assert_array_equal(s.batch, np.arange(len(phases)))
     # Also through the generic HooksCallback.
     hc = HooksCallback(
         StoreModuleStats, mods=[learn.model[0]], on_train=on_train, on_valid=on_valid
@@ -137,7 +137,7 @@ def test_periodicity_through_the_callback():
     learn.fit(1, cbs=[cb])
     s = cb.stats["0 (Linear)"]
     assert cb.batches == 10
-    np.testing.assert_array_equal(s.step, [0, 3, 6, 9])
+    np.testing.assert_array_equal(s.batch, [0, 3, 6, 9])
     train = [o for o, training in zip(cap.outs[m], cap.modes[m], strict=True) if training]
     for i, batch in enumerate([0, 3, 6, 9]):
         assert_column(s, i, [train[batch]])
@@ -160,7 +160,7 @@ def test_module_called_twice_per_batch_is_one_column():
     learn.fit(1, cbs=[cb])
     s = cb.stats["lin (Linear)"]
     assert len(s) == cb.batches == 5
-    np.testing.assert_array_equal(s.step, np.arange(5))
+    np.testing.assert_array_equal(s.batch, np.arange(5))
     np.testing.assert_array_equal(s.numel, [2 * BS_TRAIN * 5] * 3 + [2 * BS_VALID * 5] * 2)
     outs = cap.outs[learn.model.lin]
     for i in range(5):
@@ -225,7 +225,7 @@ def test_hooks_removed_on_every_way_out(scenario, exc, columns):
     assert [len(s) for s in cb.stats.values()] == [columns] * 3
     assert cb.batches == columns
     for s in cb.stats.values():
-        np.testing.assert_array_equal(s.step, np.arange(columns))
+        np.testing.assert_array_equal(s.batch, np.arange(columns))
 
 
 def test_interrupted_batch_does_not_merge_with_the_next_fit():
@@ -236,7 +236,7 @@ def test_interrupted_batch_does_not_merge_with_the_next_fit():
     learn.fit(1, cbs=[cb, At("after_predict", 0, raiser(CancelBatchException()))])
     s = cb.stats["0 (Linear)"]
     np.testing.assert_array_equal(s.numel, BS_TRAIN * 6)  # one forward per column
-    np.testing.assert_array_equal(s.step, np.arange(5))
+    np.testing.assert_array_equal(s.batch, np.arange(5))
     assert cb.batches == 5
 
 
@@ -273,7 +273,7 @@ def test_fit_twice_appends_and_reset_starts_over(tmp_path):
     assert s.batches.sum() == 6 and len(s) == 3 and s.batches_per_column == 2
     train = [o for o, training in zip(cap.outs[m], cap.modes[m], strict=True) if training]
     assert s.numel.sum() == sum(o.numel() for o in train)
-    np.testing.assert_allclose(s.step, [0.5, 2.5, 4.5])
+    np.testing.assert_allclose(s.batch, [0.5, 2.5, 4.5])
     assert s.mean[1] == pytest.approx(direct(train[2:4])["mean"], rel=1e-6)
     assert [tuple(f) for f in cb.stats.fits] == [(1, 0), (2, 3)]
     assert [e for e in events if e[0] not in ("batch", "flush")] == [
@@ -293,7 +293,7 @@ def test_fit_twice_appends_and_reset_starts_over(tmp_path):
     assert cb.batches == 0 and all(len(s) == 0 for s in cb.stats.values())
     learn.fit(1, cbs=[cb])
     assert cb.batches == 3 and [len(s) for s in cb.stats.values()] == [3, 3, 3]
-    np.testing.assert_array_equal(cb.stats["0 (Linear)"].step, [0, 1, 2])
+    np.testing.assert_array_equal(cb.stats["0 (Linear)"].batch, [0, 1, 2])
     back = cb.load(path)
     assert cb.batches == 6
     np.testing.assert_array_equal(back["2 (Linear)"].columns, s.columns)
@@ -307,7 +307,7 @@ def test_reset_during_a_fit_drops_pending_records():
     learn.fit(1, valid=False, cbs=[cb, At("after_batch", 1, lambda learn: cb.reset())])
     s = cb.stats["0 (Linear)"]
     assert cb.batches == 1 and len(s) == 1  # only the batch after the reset
-    np.testing.assert_array_equal(s.step, [0])
+    np.testing.assert_array_equal(s.batch, [0])
 
 
 class SyncCounter:

@@ -62,7 +62,7 @@ def test_transformer_encoder_every_linear_norm_and_attention_per_batch():
             assert len(s) == 0, name
             continue
         assert len(s) == 5 and (s.batches == 1).all(), name
-        np.testing.assert_array_equal(s.step, np.arange(5))
+        np.testing.assert_array_equal(s.batch, np.arange(5))
         assert np.isfinite(s.mean).all() and (s.std > 0).all(), name
         assert (s.grad_std > 0).all(), name  # gradients reach every called layer
         assert np.isnan(s.dead).all(), name  # signed outputs: no unit is judged dead
@@ -89,7 +89,7 @@ def test_a_100_block_mlp_records_every_block_every_batch():
     train(model, hooks, 4, lambda: (torch.randn(16, 32, generator=g), None))
     stats = hooks.stats
     assert len(stats) == 100
-    assert all(len(s) == 4 and (s.step == np.arange(4)).all() for s in stats.values())
+    assert all(len(s) == 4 and (s.batch == np.arange(4)).all() for s in stats.values())
     w = ActivationWidget(hooks)
     assert w.overview.rows == 100 and w.overview.heat.color.shape == (100, 4)
     w.close()

@@ -29,7 +29,12 @@ def column(
     """One batch's column (activation and gradient fields) for activation `values`
     (batch, units), computed plainly; the gradient has std `grad_std` over as many values."""
     row = np.zeros(config.width)
-    row[[Field.BATCHES, Field.STEP_SUM, Field.STEP_FIRST, Field.STEP_LAST]] = [1, step, step, step]
+    row[[Field.BATCHES, Field.BATCH_SUM, Field.BATCH_FIRST, Field.BATCH_LAST]] = [
+        1,
+        step,
+        step,
+        step,
+    ]
     v = np.asarray(values, float)
     ok = np.isfinite(v)
     fin = v[ok]
@@ -364,7 +369,7 @@ def test_split_activation_and_gradient_rows_read_as_one_batch():
         act, grad = row.copy(), np.zeros_like(row)
         act[[Field.G_COUNT, Field.G_M2, Field.G_ABS]] = 0
         act[Field.G_MEAN] = np.nan
-        grad[[Field.BATCHES, Field.STEP_SUM, Field.STEP_FIRST, Field.STEP_LAST]] = row[:4]
+        grad[[Field.BATCHES, Field.BATCH_SUM, Field.BATCH_FIRST, Field.BATCH_LAST]] = row[:4]
         grad[[Field.G_COUNT, Field.G_MEAN, Field.G_M2, Field.G_ABS]] = row[
             [Field.G_COUNT, Field.G_MEAN, Field.G_M2, Field.G_ABS]
         ]
@@ -424,7 +429,7 @@ def test_cost_per_batch_stays_flat():
         new = {}
         for n, c in base.items():
             c = c.copy()
-            c[:, [Field.STEP_SUM, Field.STEP_FIRST, Field.STEP_LAST]] += k * 64
+            c[:, [Field.BATCH_SUM, Field.BATCH_FIRST, Field.BATCH_LAST]] += k * 64
             new[n] = c
         t0 = time.perf_counter()
         assert d.update(new, epoch_of, 1) == []
@@ -520,7 +525,7 @@ def test_stop_on_ends_a_fast_loop_within_one_batch():
                 x[0, 0] = math.nan
             model(x).sum().backward()
             ran.append(i)
-            hooks.step()
+            hooks.end_batch()
             if hooks.should_stop:
                 break
     assert ran[-1] == 37  # stopped at the boundary of the batch that named it

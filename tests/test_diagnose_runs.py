@@ -132,9 +132,9 @@ def first_nonfinite(stats: RunStats, since: int) -> dict[str, int]:
     for name in stats:
         cols = stats[name].columns
         bad = (cols[:, Field.NONFINITE] > 0) | (cols[:, Field.G_NONFINITE] > 0)
-        bad &= cols[:, Field.STEP_FIRST] >= since
+        bad &= cols[:, Field.BATCH_FIRST] >= since
         if bad.any():
-            out[name] = int(cols[np.flatnonzero(bad)[0], Field.STEP_FIRST])
+            out[name] = int(cols[np.flatnonzero(bad)[0], Field.BATCH_FIRST])
     return out
 
 
@@ -152,7 +152,7 @@ def replay(run: Run, config: AlertConfig | None = None, chunk: int = 64) -> list
         for k in range(lo, hi, chunk):
             new = {}
             for n, c in cols.items():
-                step = c[:, Field.STEP_FIRST]
+                step = c[:, Field.BATCH_FIRST]
                 new[n] = c[(step >= k) & (step < min(k + chunk, hi))]
             out += d.update(new, lambda b: b // EPOCH, fit)
     return out
@@ -192,7 +192,7 @@ def kaiming() -> Timed:
             return original(self, new, epoch_of, fit)
         finally:
             spent[0] += time.perf_counter() - t0
-            spent[1] += sum(len(np.unique(c[:, Field.STEP_FIRST])) for c in new.values())
+            spent[1] += sum(len(np.unique(c[:, Field.BATCH_FIRST])) for c in new.values())
 
     model = cnn(kaiming=True)
     with pytest.MonkeyPatch.context() as mp:

@@ -97,8 +97,8 @@ def test_recorded_stats_are_the_pooled_stats_of_both_ranks(tmp_path):
         layer = stats[name]
         assert len(layer) == 10  # one column per step: the ranks' batches merged
         np.testing.assert_array_equal(layer.batches, 1)
-        np.testing.assert_array_equal(layer.columns[:, Field.STEP_FIRST], np.arange(10))
-        np.testing.assert_array_equal(layer.columns[:, Field.STEP_LAST], np.arange(10))
+        np.testing.assert_array_equal(layer.columns[:, Field.BATCH_FIRST], np.arange(10))
+        np.testing.assert_array_equal(layer.columns[:, Field.BATCH_LAST], np.arange(10))
         for step in range(10):
             a0, a1 = acts[0][i][step], acts[1][i][step]
             assert len(a0) != len(a1)  # different numbers of rows per rank

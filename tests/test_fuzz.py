@@ -36,7 +36,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from actwidget.estimator import DEAD_BELOW, FALLBACK_SAMPLE, jitter, next_shift, plan
+from actwidget.estimator import (
+    DEAD_BELOW,
+    FALLBACK_SAMPLE,
+    first_shift,
+    jitter,
+    next_shift,
+    plan,
+)
 from actwidget.recorder import StatsHooks
 from actwidget.stats import StatsConfig
 
@@ -219,18 +226,16 @@ def dead_units(x32: torch.Tensor, sample: np.ndarray) -> float:
 
 
 def shifts(tensors: list[torch.Tensor], s, name: str, config: StatsConfig) -> list[float]:
-    """What each call's sums were centred on: the first call on its first sampled value
-    (NaN/inf: 0); later ones where `estimator.next_shift` moved it after each batch."""
+    """What each call's sums were centred on: the first call on its sample's mean
+    (`estimator.first_shift`); later ones where `estimator.next_shift` moved it."""
     out: list[float] = []
     current: float | None = None
-    first = 0.0
     for i, t in enumerate(tensors):
-        x = t.detach().float().reshape(-1)
-        if i == 0:
-            where = sampled(tuple(t.shape), name, config)
-            v = float(x[0 if isinstance(where, slice) else where[0]])
-            first = v if math.isfinite(v) else 0.0
-        out.append(first if current is None else current)
+        if current is None:
+            x = t.detach().float()
+            k = config.sample_size or FALLBACK_SAMPLE
+            current = first_shift(x, plan(x.shape, False, jitter(name, k)))
+        out.append(current)
         if i < len(s):
             n = s.numel[i] - s.nonfinite[i]
             var = float(s.std[i]) ** 2 if n > 1 else math.nan
@@ -286,9 +291,9 @@ def check_column(s, i: int, t: torch.Tensor, name: str, config: StatsConfig, shi
         assert np.isnan(s.mean[i])
         return
     path = moments_path(x32, a, shift, bad and not exact_mode)
-    offset = (
-        0.0 if whole or exact_mode else float((fin.mean() - shift) ** 2 / max(fin.var(), 1e-300))
-    )
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        spread = (fin.mean() - shift) ** 2 / fin.var() if fin.var() > 0 else 0.0
+    offset = 0.0 if exact_mode else float(min(spread, 1e30))
     if path != "sample" and exact_moments_ok(s.mean[i], s.std[i], fin, offset):
         return
     assert path != "exact", (
@@ -400,7 +405,7 @@ def record(outputs: list, config: StatsConfig, backward: list | None = None):
                 assert m(torch.zeros(1)) is out  # the hook never replaces or breaks the output
                 if backward is not None:
                     backward[i].float().sum().backward()
-                hooks.step()
+                hooks.end_batch()
     assert not m._forward_hooks
     return hooks.stats[hooks.names[0]], hooks.names[0], [str(w.message) for w in caught]
 
@@ -483,7 +488,7 @@ def test_nonfinite_detection_hard_cases():
             for out in (x, big, big, small):
                 m.out = out
                 m(None)
-                hooks.step()
+                hooks.end_batch()
                 hooks.flush()  # the next call is centred on this one's mean
     s = hooks.stats[hooks.names[0]]
     assert s.nonfinite[0] >= 1

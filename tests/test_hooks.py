@@ -53,7 +53,7 @@ def test_periodicity_and_modes():
     lin.eval()
     lin(torch.randn(2, 3))  # eval mode: not recorded by default
     hook.remove()
-    np.testing.assert_array_equal(hook.layer_stats.step, [0, 3, 6, 9])  # x: the call count
+    np.testing.assert_array_equal(hook.layer_stats.batch, [0, 3, 6, 9])  # x: the call count
     assert hook.calls == 10
     with pytest.raises(ValueError, match="periodicity"):
         StoreModuleStats(lin, periodicity=0)

@@ -85,7 +85,7 @@ def test_one_column_per_training_step_equal_to_an_independent_capture(tmp_path, 
         for i, out in enumerate(train_outs):
             assert_column(stats[name], i, [out])
     st = cb.status
-    assert (st.state.value, st.batch, st.epoch, st.epochs, st.epoch_steps) == (
+    assert (st.state.value, st.batch, st.epoch, st.epochs, st.epoch_batches) == (
         "finished", 16, 1, 2, 8,
     )  # fmt: skip
     assert no_hooks(model) and signal.getsignal(signal.SIGINT) is before

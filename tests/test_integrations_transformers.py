@@ -87,7 +87,7 @@ def test_one_column_per_optimizer_step_equal_to_an_independent_capture(tmp_path,
         for i, out in enumerate(cap.outs[m]):
             assert_column(stats[name], i, [out])
     st = cb.status
-    assert (st.state.value, st.batch, st.epoch, st.epochs, st.epoch_steps) == (
+    assert (st.state.value, st.batch, st.epoch, st.epochs, st.epoch_batches) == (
         "finished", 8, 1, 2, 4,
     )  # fmt: skip
     assert no_hooks(model) and signal.getsignal(signal.SIGINT) is before
@@ -100,7 +100,7 @@ def test_gradient_accumulation_micro_batches_share_a_column(tmp_path, seeded):
     trainer(model, [cb], tmp_path, gradient_accumulation_steps=2).train()
     cap.remove()
     outs, layer = cap.outs[model.net[1]], cb.stats["net.1 (ReLU)"]
-    assert len(outs) == 4 and len(layer) == 2 and cb.status.epoch_steps == 2
+    assert len(outs) == 4 and len(layer) == 2 and cb.status.epoch_batches == 2
     for i in range(2):
         assert_column(layer, i, outs[2 * i : 2 * i + 2])
 

@@ -219,8 +219,8 @@ def test_request_stop_from_another_thread_stops_at_next_batch_boundary():
     t = threading.Thread(target=lambda: _run(learn.fit, 2, errors))
     t.start()
     assert reached.wait(5)
-    assert learn.request_stop(learn.run_id + 1) is False  # not the running fit
-    assert learn.request_stop(learn.run_id) is True
+    assert learn.request_stop(learn.fit_id + 1) is False  # not the running fit
+    assert learn.request_stop(learn.fit_id) is True
     go.set()
     t.join(5)
     assert not t.is_alive() and errors == []
@@ -242,12 +242,12 @@ def test_stale_or_leftover_stop_does_not_stop_a_later_fit():
     rec = Recorder(on={"cleanup_fit": lambda L: accepted.append(L.request_stop())})
     learn = make_learner(cbs=[rec])
     learn.fit(1)  # the stop accepted during its last cleanup comes too late to act
-    first = learn.run_id
+    first = learn.fit_id
     assert accepted == [True] and learn.stopped_at is None
     assert learn.request_stop(first) is False
     rec.on = {"before_batch": lambda L: accepted.append(L.request_stop(first))}
     learn.fit(1)
-    assert learn.run_id == first + 1
+    assert learn.fit_id == first + 1
     assert accepted[1:] == [False] * 3
     assert rec.count("after_fit") == 2 and learn.stopped_at is None
 

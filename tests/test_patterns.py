@@ -240,7 +240,7 @@ def test_evaluation_inside_the_loop_at_any_batch_size(mode, config):
         with mode():
             model(torch.randn(1000 if i % 2 else 3, 6))
         model.train()
-        hooks.step()  # the evaluation batch is a batch of its own
+        hooks.end_batch()  # the evaluation batch is a batch of its own
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -248,7 +248,7 @@ def test_evaluation_inside_the_loop_at_any_batch_size(mode, config):
             model.eval()
             with mode():
                 model(torch.randn(2000, 6))  # before any training: made under inference
-            hooks.step()
+            hooks.end_batch()
             model.train()
             train(model, 10, evaluate)
     s = hooks.stats[hooks.names[0]]

@@ -37,7 +37,7 @@ def stats() -> RunStats:
     with StatsHooks(model, model=model, config=config) as hooks:
         for _ in range(13):
             model(torch.randn(5, 4))
-            hooks.step()
+            hooks.end_batch()
     stats = hooks.stats
     stats.layer("never called")
     return stats
@@ -54,7 +54,7 @@ def test_mean_std_plot(stats):
     assert [line.get_label() for line in means.get_lines()] == NAMES
     assert len(stds.get_lines()) == 3
     s = stats["1 (ReLU)"]
-    np.testing.assert_array_equal(means.get_lines()[1].get_xdata(), s.step)
+    np.testing.assert_array_equal(means.get_lines()[1].get_xdata(), s.batch)
     np.testing.assert_array_equal(means.get_lines()[1].get_ydata(), s.mean)
     np.testing.assert_array_equal(stds.get_lines()[1].get_ydata(), s.std)
     assert len(mean_std_plot(stats).axes[0].get_lines()) == 4  # all layers by default
@@ -83,7 +83,7 @@ def test_hist_plot_one_image_per_layer(stats, ncols, rows):
     assert data.shape == (10, len(s))  # bins x columns
     np.testing.assert_allclose(data, np.log1p(s.hist.T))
     x0, x1, y0, y1 = images[2][0].get_extent()
-    assert (x0, x1, y0, y1) == (s.step[0], s.step[-1] + 1, 0, 10)
+    assert (x0, x1, y0, y1) == (s.batch[0], s.batch[-1] + 1, 0, 10)
     assert all(not ax.axison for ax in fig.axes[4:])
 
 
@@ -93,7 +93,7 @@ def test_hist_plot_log_bins_are_labelled_by_powers_of_two():
     with StatsHooks(model, model=model) as hooks:  # the default: log bins
         for _ in range(3):
             model(torch.randn(5, 4))
-            hooks.step()
+            hooks.end_batch()
     fig = hist_plot(hooks.stats)
     ax = fig.axes[0]
     assert ax.get_images()[0].get_extent()[3] == 34  # one row per bin

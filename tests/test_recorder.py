@@ -43,12 +43,12 @@ def small_model() -> nn.Sequential:
 
 
 def calls(model, hooks, n: int, bs: int = 5, n_in: int = 6, scale: float = 3.0):
-    """n forward passes under no_grad, one batch each (`step()`)."""
+    """n forward passes under no_grad, one batch each (`end_batch()`)."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _ in range(n):
             model(torch.randn(bs, n_in, generator=g) * scale)
-            hooks.step()
+            hooks.end_batch()
 
 
 @pytest.mark.parametrize("config", [EXACT, DEFAULT], ids=["exact", "default"])
@@ -63,7 +63,7 @@ def test_stats_equal_torch_on_the_same_activations(config):
     assert list(stats) == names
     for m, name in zip(model, names, strict=True):
         assert_exact(stats[name], cap.outs[m], config)  # every layer is small: exact
-        np.testing.assert_array_equal(stats[name].step, np.arange(7))
+        np.testing.assert_array_equal(stats[name].batch, np.arange(7))
     poison = stats["2 (Poison)"]
     np.testing.assert_array_equal(poison.nonfinite, 3)
     assert np.isfinite(poison.mean).all() and np.isfinite(poison.std).all()
@@ -106,7 +106,7 @@ def test_plain_loop_one_column_per_optimizer_step_with_gradients():
     s = hooks.stats
     assert all(len(layer) == 5 for layer in s.values())
     lin = s["0 (Linear)"]
-    np.testing.assert_array_equal(lin.step, np.arange(5))
+    np.testing.assert_array_equal(lin.batch, np.arange(5))
     assert (lin.grad_std > 0).all() and (lin.grad_abs > 0).all()
     assert (lin.grad_nonfinite == 0).all() and np.isfinite(lin.grad_mean).all()
     assert hooks.status.state is RunState.FINISHED and hooks.status.fit_batches == 5
@@ -129,7 +129,7 @@ def test_gradient_stats_equal_torch():
             out = lin(torch.randn(4, 5))
             out.register_hook(lambda g: grads.append(g.clone()))
             (out * torch.randn(4, 7)).sum().backward()
-            hooks.step()
+            hooks.end_batch()
     s = hooks.stats["0 (Linear)"]
     for i, g in enumerate(grads):
         g = g.double()
@@ -153,12 +153,12 @@ def test_grad_accumulation_and_manual_step_group_as_asked():
     assert len(s) == 3 and (s.batches == 1).all()
     for i in range(3):
         assert_column(s, i, cap.outs[lin][2 * i : 2 * i + 2])
-    # With auto_step=False only step() ends a batch.
+    # With auto_step=False only end_batch() ends a batch.
     with StatsHooks([lin], config=EXACT, auto_step=False) as hooks:
         for _ in range(4):
             lin(torch.randn(2, 3)).sum().backward()
             opt.step()
-        hooks.step()
+        hooks.end_batch()
     assert len(hooks.stats["0 (Linear)"]) == 1
 
 
@@ -171,7 +171,7 @@ def test_a_flush_inside_a_batch_changes_nothing():
             lin(torch.randn(5, 3))
             hooks.flush()
             lin(torch.randn(1, 3))
-            hooks.step()
+            hooks.end_batch()
     cap.remove()
     s = hooks.stats["0 (Linear)"]
     assert len(s) == 3 and (s.batches == 1).all() and (s.numel == 4 * 8).all()
@@ -305,7 +305,7 @@ def test_container_outputs_record_the_first_floating_tensor(make):
         warnings.simplefilter("error")
         with StatsHooks([m], config=EXACT) as hooks:
             m(x)
-            hooks.step()
+            hooks.end_batch()
     assert_exact(hooks.stats["0 (Returns)"], [x * 2])
 
 
@@ -328,7 +328,7 @@ def test_outputs_that_cannot_be_summarised_are_skipped_with_one_warning(make, wh
     with pytest.warns(UserWarning, match=what) as caught, StatsHooks([m, ok]) as hooks:
         for _ in range(3):
             m(ok(torch.randn(3, 5)))
-            hooks.step()
+            hooks.end_batch()
     assert len([w for w in caught if "actwidget" in str(w.message)]) == 1
     assert "'0 (Returns)'" in str(caught[0].message)
     assert len(hooks.stats["0 (Returns)"]) == 0 and len(hooks.stats["1 (Linear)"]) == 3
@@ -348,7 +348,7 @@ def test_periodicity_and_modes():
     with StatsHooks([lin], periodicity=3, config=EXACT) as hooks:
         for i in range(10):
             lin(torch.full((2, 3), float(i)))
-            hooks.step()
+            hooks.end_batch()
     cap.remove()
     assert_exact(hooks.stats["0 (Linear)"], [cap.outs[lin][i] for i in (0, 3, 6, 9)])
     with pytest.raises(ValueError, match="periodicity"):
@@ -358,7 +358,7 @@ def test_periodicity_and_modes():
             for mode in (True, True, False):
                 lin.train(mode)
                 lin(torch.randn(2, 3))
-                hooks.step()
+                hooks.end_batch()
         assert len(hooks.stats["0 (Linear)"]) == want
 
 
@@ -401,7 +401,7 @@ def test_module_selection_and_names():
         select_modules(None, [model.head, 3])
     with StatsHooks(["layers.0", "layers.1"], model=model) as hooks:
         model.layers(torch.randn(2, 1, 7, 7))
-        hooks.step()
+        hooks.end_batch()
     assert list(hooks.stats) == ["layers.0 (Conv2dWithReLU)", "layers.1 (Conv2dWithReLU)"]
     assert [len(s) for s in hooks.stats.values()] == [1, 1]
     assert no_hooks(model)
@@ -417,7 +417,7 @@ def test_reads_from_another_thread_are_consistent_and_keep_batches_in_order():
         while not done.is_set():
             stats = hooks.stats  # flushes from this thread while training runs
             for s in stats.values():
-                if not (len(s.step) == len(s.mean) == len(s.std) == len(s.hist)):
+                if not (len(s.batch) == len(s.mean) == len(s.std) == len(s.hist)):
                     problems.append("lengths differ")
             _ = hooks.alerts
 
@@ -427,13 +427,13 @@ def test_reads_from_another_thread_are_consistent_and_keep_batches_in_order():
         with hooks, torch.no_grad():
             for _ in range(600):
                 model(torch.randn(4, 16))
-                hooks.step()
+                hooks.end_batch()
     finally:
         done.set()
         t.join()
     assert not problems
     for s in hooks.stats.values():
-        assert len(s) == 600 and (np.diff(s.step) == 1).all(), "batches out of order"
+        assert len(s) == 600 and (np.diff(s.batch) == 1).all(), "batches out of order"
 
 
 def test_reset_and_a_second_fit_continue_the_x_axis():
@@ -444,13 +444,13 @@ def test_reset_and_a_second_fit_continue_the_x_axis():
     with hooks:
         plain_loop(model, hooks, steps=2)
     s = hooks.stats
-    np.testing.assert_array_equal(s["0 (Linear)"].step, np.arange(5))
+    np.testing.assert_array_equal(s["0 (Linear)"].batch, np.arange(5))
     assert [tuple(f) for f in s.fits] == [(1, 0), (2, 3)]
     hooks.reset()
     assert len(hooks.stats["0 (Linear)"]) == 0 and hooks.batches == 0
     with hooks:
         plain_loop(model, hooks, steps=1)
-    np.testing.assert_array_equal(hooks.stats["0 (Linear)"].step, [0])
+    np.testing.assert_array_equal(hooks.stats["0 (Linear)"].batch, [0])
 
 
 def test_a_compiled_model_records_every_call_as_eager_does():

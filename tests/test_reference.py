@@ -69,7 +69,7 @@ def test_reference_code_runs_unchanged(small_fashion_mnist, capsys):
     for i, s in enumerate(stats.values()):
         assert len(s) == 3, s  # one column per training batch
         np.testing.assert_array_equal(s.batches, 1)
-        np.testing.assert_array_equal(s.step, [0, 1, 2])
+        np.testing.assert_array_equal(s.batch, [0, 1, 2])
         assert np.isfinite(s.mean).all() and (s.std > 0).all()
         np.testing.assert_array_equal(s.nonfinite, 0)
         np.testing.assert_allclose(s.hist.sum(1), s.numel, rtol=1e-9)

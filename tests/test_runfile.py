@@ -77,7 +77,7 @@ def test_round_trip_equals_the_recorder(tmp_path):
     with StatsHooks(list(model), model=model, run_dir=tmp_path, flush_every=3) as hooks:
         plain_loop(model, hooks, steps=7)
         model(torch.full((2, 6), float("nan")))  # an alert, in the file too
-        hooks.step()
+        hooks.end_batch()
     with hooks:  # a second fit, same file
         plain_loop(model, hooks, steps=5, seed=1)
     mem = hooks.stats
@@ -229,7 +229,7 @@ def test_a_writer_killed_mid_run_leaves_a_run_that_loads(tmp_path):
     layer = stats[name]
     assert layer.batches.sum() >= 40
     np.testing.assert_array_equal(
-        layer.columns[1:, Field.STEP_FIRST], layer.columns[:-1, Field.STEP_LAST] + 1
+        layer.columns[1:, Field.BATCH_FIRST], layer.columns[:-1, Field.BATCH_LAST] + 1
     )
     assert all(stats[n].batches.sum() == layer.batches.sum() for n in stats)
     follower.poll()
@@ -291,9 +291,9 @@ def test_follower_events_and_state(tmp_path):
         wait_until("the 5 batches", lambda: follower.status.batch >= 5)
         st = follower.status
         assert st.state is RunState.RUNNING and st.stoppable and st.fit_id == hooks.status.fit_id
-        assert st.epoch == 0 and st.epoch_steps == 10
+        assert st.epoch == 0 and st.epoch_batches == 10
         model(torch.full((2, 6), float("nan")))
-        hooks.step()
+        hooks.end_batch()
         hooks.flush()  # written now, not at the next flush_every / flush_interval
         wait_event(Event.ALERT)
         assert follower.alerts == hooks.alerts
@@ -394,7 +394,8 @@ def test_cli_stop(tmp_path):
     empty.mkdir()
     done = subprocess.run([*cli, "stop", str(empty)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "not an actwidget run" in done.stderr
-    for demo in ([], ["demo"]):  # without `stop`, the demo as before
-        done = subprocess.run([*cli, *demo, "--help"], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0 and "--epochs" in done.stdout
+    done = subprocess.run([*cli, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "demo" in done.stdout and "stop" in done.stdout
+    done = subprocess.run([*cli, "demo", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--epochs" in done.stdout
     w.close()

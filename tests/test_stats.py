@@ -33,7 +33,7 @@ def columns_from_values(vals: np.ndarray, steps: np.ndarray, config: StatsConfig
     hist = np.bincount(b.ravel(), minlength=n * (config.bins + 1)).reshape(n, -1)[:, :-1]
     cols = np.zeros((n, config.width))
     cols[:, S.Field.BATCHES] = 1
-    cols[:, S.Field.STEP_SUM] = cols[:, S.Field.STEP_FIRST] = cols[:, S.Field.STEP_LAST] = steps
+    cols[:, S.Field.BATCH_SUM] = cols[:, S.Field.BATCH_FIRST] = cols[:, S.Field.BATCH_LAST] = steps
     cols[:, S.Field.NUMEL] = k
     cols[:, S.Field.COUNT] = count
     cols[:, S.Field.MEAN] = mean
@@ -72,11 +72,11 @@ def check_invariants(s: LayerStats, last_step: float) -> None:
     assert w & (w - 1) == 0  # a power of two
     assert np.all(s.batches[:-1] == w), "all full columns span the same number of batches"
     assert 1 <= s.batches[-1] <= w
-    assert np.all(np.diff(s.step) > 0), "steps increase"
-    assert np.all(cols[1:, S.Field.STEP_FIRST] == cols[:-1, S.Field.STEP_LAST] + 1), (
+    assert np.all(np.diff(s.batch) > 0), "steps increase"
+    assert np.all(cols[1:, S.Field.BATCH_FIRST] == cols[:-1, S.Field.BATCH_LAST] + 1), (
         "no gap, no overlap"
     )
-    assert cols[0, S.Field.STEP_FIRST] == 0 and cols[-1, S.Field.STEP_LAST] == last_step
+    assert cols[0, S.Field.BATCH_FIRST] == 0 and cols[-1, S.Field.BATCH_LAST] == last_step
 
 
 def test_config_defaults_and_widths():
@@ -189,7 +189,7 @@ def test_pairwise_merging_keeps_totals_for_100k_batches():
         S.Field.COUNT,
         S.Field.NEAR_ZERO,
         S.Field.NONFINITE,
-        S.Field.STEP_SUM,
+        S.Field.BATCH_SUM,
     ):
         assert cols[:, field].sum() == inputs[:, field].sum(), field
     np.testing.assert_array_equal(cols[:, S.HIST :].sum(0), inputs[:, S.HIST :].sum(0))
@@ -201,7 +201,7 @@ def test_pairwise_merging_keeps_totals_for_100k_batches():
     assert var == pytest.approx(finite.var(ddof=1), rel=1e-9)
     # And each column's moments equal those of the raw values it spans.
     for c in cols[[0, 7, -1]]:
-        lo, hi = int(c[S.Field.STEP_FIRST]), int(c[S.Field.STEP_LAST]) + 1
+        lo, hi = int(c[S.Field.BATCH_FIRST]), int(c[S.Field.BATCH_LAST]) + 1
         part = vals[lo:hi][np.isfinite(vals[lo:hi])]
         assert c[S.Field.COUNT] == part.size
         assert c[S.Field.MEAN] == pytest.approx(part.mean(), rel=1e-9, abs=1e-12)
@@ -228,7 +228,7 @@ def test_calls_of_the_same_step_combine_into_one_batch():
     s.append(columns_from_values(vals[4:], steps[4:]))  # continues step 2
     assert len(s) == 5
     np.testing.assert_array_equal(s.batches, 1)
-    np.testing.assert_array_equal(s.step, [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(s.batch, [0, 1, 2, 3, 4])
     np.testing.assert_array_equal(s.numel, [12, 6, 18, 6, 12])
     for step in range(5):
         joined = columns_from_values(vals[steps == step].reshape(1, -1), [step])[0]
@@ -254,8 +254,8 @@ def test_merge_groups_equals_direct_computation():
         )
         assert row[S.Field.M2] == pytest.approx(direct[S.Field.M2], rel=1e-10)
         assert row[S.Field.BATCHES] == hi - lo
-        assert row[S.Field.STEP_SUM] == sum(range(lo, hi))
-        assert (row[S.Field.STEP_FIRST], row[S.Field.STEP_LAST]) == (lo, hi - 1)
+        assert row[S.Field.BATCH_SUM] == sum(range(lo, hi))
+        assert (row[S.Field.BATCH_FIRST], row[S.Field.BATCH_LAST]) == (lo, hi - 1)
     only_nan = merge_groups(cols[10:12], np.array([0]))
     assert only_nan[0, S.Field.COUNT] == 0 and np.isnan(only_nan[0, S.Field.MEAN])
     assert only_nan[0, S.Field.M2] == 0 and only_nan[0, S.Field.NONFINITE] == 14
@@ -299,7 +299,7 @@ def test_coarsened_merges_exactly_and_leaves_the_original():
         S.Field.COUNT,
         S.Field.NEAR_ZERO,
         S.Field.NONFINITE,
-        S.Field.STEP_SUM,
+        S.Field.BATCH_SUM,
     ):
         assert c.columns[:, f].sum() == inputs[:, f].sum()
     np.testing.assert_array_equal(c.hist.sum(0), inputs[:, S.HIST :].sum(0))
@@ -402,7 +402,7 @@ def saved(tmp_path_factory):
                     x[0, 0] = float("nan")
                 with torch.no_grad():
                     model(x)
-                hooks.step()
+                hooks.end_batch()
     assert len(hooks.alerts) >= 1 and len(hooks.stats.fits) == 2
     path = hooks.stats.save(tmp_path_factory.mktemp("saved") / "run.npz")
     return path, RunStats.load(path)
@@ -513,7 +513,7 @@ def set_config(**kw):
 CFG_WIDTH = StatsConfig(capacity=8).width
 GOOD_COLS = np.zeros((2, CFG_WIDTH))
 GOOD_COLS[:, S.Field.BATCHES] = 1
-GOOD_COLS[:, S.Field.STEP_FIRST] = GOOD_COLS[:, S.Field.STEP_LAST] = [0, 1]
+GOOD_COLS[:, S.Field.BATCH_FIRST] = GOOD_COLS[:, S.Field.BATCH_LAST] = [0, 1]
 
 
 def with_field(field, values, cols=GOOD_COLS):
@@ -548,18 +548,18 @@ INCONSISTENT = [
     ),
     (
         None,
-        dict(layer1=with_field(S.Field.STEP_LAST, [0, 0.5])),
-        r"column 1, STEP_LAST: not a whole number",
+        dict(layer1=with_field(S.Field.BATCH_LAST, [0, 0.5])),
+        r"column 1, BATCH_LAST: not a whole number",
     ),
     (
         None,
-        dict(layer1=with_field(S.Field.STEP_FIRST, [0, 0])),
-        r"column 1, STEP_FIRST: batch indices overlap",
+        dict(layer1=with_field(S.Field.BATCH_FIRST, [0, 0])),
+        r"column 1, BATCH_FIRST: batch indices overlap",
     ),
     (
         None,
-        dict(layer1=with_field(S.Field.STEP_FIRST, [3, 1])),
-        r"column 0, STEP_FIRST: batch indices overlap or go backwards",
+        dict(layer1=with_field(S.Field.BATCH_FIRST, [3, 1])),
+        r"column 0, BATCH_FIRST: batch indices overlap or go backwards",
     ),
     (
         None,

@@ -120,7 +120,7 @@ def _layer(batches: int, offset: float = 0.0, config: StatsConfig | None = None)
     config = config or StatsConfig()
     rows = np.zeros((batches, config.width))
     rows[:, Field.BATCHES] = 1
-    rows[:, Field.STEP_SUM] = rows[:, Field.STEP_FIRST] = rows[:, Field.STEP_LAST] = np.arange(
+    rows[:, Field.BATCH_SUM] = rows[:, Field.BATCH_FIRST] = rows[:, Field.BATCH_LAST] = np.arange(
         batches
     )
     rng = np.random.default_rng(batches)
@@ -259,7 +259,7 @@ def test_picker_traits_are_synced_and_its_module_ships_in_the_wheel():
 # --- header -------------------------------------------------------------------------------
 def test_status_line_says_which_fit_runs_and_counts_alerts():
     st = RunStatus(state=RunState.RUNNING, fit=2, batch=70, fit_batches=10, epoch=0, epochs=3,
-                   epoch_step=4, epoch_steps=59, elapsed=2.0)  # fmt: skip
+                   epoch_batch=4, epoch_batches=59, elapsed=2.0)  # fmt: skip
     line = status_html(st, alerts=2)
     assert "running" in line and "fit 2 running" in line and "epoch 1/3" in line
     assert "train batch 5/59" in line and "5.0 batches/s" in line and "⚠ 2 alerts" in line

@@ -105,8 +105,8 @@ class LayerHook:
     def plot(self, ax0: Any, ax1: Any, label: str | None = None) -> None:
         """Mean on `ax0`, std on `ax1`, as the course's hooks plot them."""
         s = self.stats
-        ax0.plot(s.step, s.mean, label=label or self.name)
-        ax1.plot(s.step, s.std, label=label or self.name)
+        ax0.plot(s.batch, s.mean, label=label or self.name)
+        ax1.plot(s.batch, s.std, label=label or self.name)
 
     def remove(self) -> None:
         """Remove the recorder's hooks (all layers: they are one recorder)."""
@@ -170,7 +170,7 @@ class StoreModuleStatsCB(Recording, Callback):
 
     def cleanup_batch(self, learn: Any) -> None:
         # Here rather than after_batch, so that a cancelled batch also ends its column.
-        if self.recorder.step():
+        if self.recorder.end_batch():
             learn.request_stop()
 
     def cleanup_fit(self, learn: Any) -> None:

@@ -2,7 +2,7 @@
 
 A loop adapter maps its loop's events onto `StatsHooks`: `_begin_fit(model, epochs)` when
 training starts (attach, begin, graceful Ctrl-C), `recorder.begin_epoch(...)` and
-`recorder.step()` as the loop goes, `_end_fit(error)` when it ends. `_end_fit` is
+`recorder.end_batch()` as the loop goes, `_end_fit(error)` when it ends. `_end_fit` is
 idempotent, so every exit path may call it: the loop's own end and exception events, a
 `guard`ed entry point (for loops that tell callbacks nothing on an exception), `with cb:`.
 """

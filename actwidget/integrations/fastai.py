@@ -101,7 +101,7 @@ class StatsCallback(RecorderAdapter, Callback):
     def after_batch(self) -> None:
         if not self.fitting or not (self.learn.training or self.recorder.on_valid):
             return
-        if self.recorder.step():
+        if self.recorder.end_batch():
             raise CancelFitException
 
     def after_fit(self) -> None:

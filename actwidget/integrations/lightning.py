@@ -89,7 +89,7 @@ class StatsCallback(RecorderAdapter, pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self.fitting and self.recorder.step():
+        if self.fitting and self.recorder.end_batch():
             trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -118,7 +118,7 @@ class StatsCallback(RecorderAdapter, pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self.recorder.on_valid and self.fitting and not trainer.sanity_checking:
-            self.recorder.step()
+            self.recorder.end_batch()
 
     def _begin_phase(self, trainer: pl.Trainer, phase: str) -> None:
         if not self.fitting:

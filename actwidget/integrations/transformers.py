@@ -114,7 +114,7 @@ class StatsCallback(RecorderAdapter, transformers.TrainerCallback):
             self._begin_phase(state, "train", self._steps)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.fitting and self.recorder.step():
+        if self.fitting and self.recorder.end_batch():
             control.should_training_stop = True
 
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -123,7 +123,7 @@ class StatsCallback(RecorderAdapter, transformers.TrainerCallback):
         if self._phase != "valid":
             dl = kwargs.get("eval_dataloader")
             self._begin_phase(state, "valid", _update_steps(dl, 1) if dl is not None else None)
-        self.recorder.step()
+        self.recorder.end_batch()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._end_fit()

@@ -71,7 +71,7 @@ class StatsHooks:
     - `flush_every`, `flush_interval`: columns are published every this many batches or
       seconds, whichever comes first (by batches only under torch.distributed).
     - `auto_step`: while attached, each step of an optimizer updating the model's (or the
-      watched modules') parameters ends a batch; False: only `step()` does.
+      watched modules') parameters ends a batch; False: only `end_batch()` does.
     """
 
     def __init__(
@@ -220,7 +220,7 @@ class StatsHooks:
         publishing fails); idempotent."""
         try:
             if self.attached:
-                self._end_batch()
+                self._close_batch()
                 self.flush()
         finally:
             self._detach()
@@ -290,7 +290,7 @@ class StatsHooks:
     def begin_fit(self, epochs: int | None = None) -> int:
         """A fit begins (the loop calls this; `with` does); returns its unique id."""
         self.attach()
-        self._end_batch()
+        self._close_batch()
         self._setup_dist()
         fit_id = self._clock.begin_fit(epochs)
         self._agreed = False
@@ -301,29 +301,29 @@ class StatsHooks:
 
     def begin_epoch(self, epoch: int, steps: int | None = None, phase: str = "train") -> None:
         """An epoch (or phase) begins; `steps`: its number of batches, when known."""
-        self._end_batch()
+        self._close_batch()
         self._clock.begin_epoch(epoch, steps, phase)
         self._sinks.listeners.emit(Event.EPOCH, self)
 
     def _on_optimizer(self) -> None:
         # Runs inside the user's `optimizer.step()`: a failure here is reported, never raised.
         try:
-            if not self._end_batch():
+            if not self._close_batch():
                 self._clock.recorded_nothing()
             self._after_batch()
         except Exception as e:
             _log.exception("actwidget: the batch end failed (%s); training goes on", e)
 
-    def step(self) -> bool:
+    def end_batch(self) -> bool:
         """End the current batch (a column per recorded layer); returns `should_stop`.
 
         Plain loops need not call it while an optimizer steps (see `auto_step`). A call
         with nothing recorded since the last batch does nothing."""
-        self._end_batch()
+        self._close_batch()
         self._after_batch()
         return self.should_stop
 
-    def _end_batch(self) -> bool:
+    def _close_batch(self) -> bool:
         """Close the batch being recorded, if anything was; take the columns that arrived."""
         if not self._collector.boundary(self._clock.batch):
             return False
@@ -374,7 +374,7 @@ class StatsHooks:
         7")."""
         stopped = False
         try:
-            self._end_batch()
+            self._close_batch()
             if self._sinks.combiner is not None and error is not None:
                 self._sinks.drop()  # the other ranks may not be here: no collective
             else:
@@ -412,7 +412,14 @@ class StatsHooks:
         flushes run (`force`); a flush from elsewhere does nothing."""
         if self._sinks.combiner is not None and not force:
             return
-        self._take_arrived(wait=True)
+        # The training thread takes the packed copies at every batch end; a reader (the
+        # widget's thread) takes what has arrived only when that is not under way, never
+        # waiting for it (a reader in a tight loop would otherwise starve the training).
+        if self._take.acquire(blocking=force):
+            try:
+                self._take_arrived(wait=True)
+            finally:
+                self._take.release()
         self._flush()
 
     def _flush(self) -> None:
@@ -455,7 +462,7 @@ class StatsHooks:
             self._clock.reset()
             for tap in self._taps:
                 self._collector.set_shift(tap, 0.0)
-                tap.shift, tap.shift_started = None, False
+                tap.shift = None
             if self._sinks.writer is None and self.run_dir is not None and self._is_writer():
                 from ..runfile import RunWriter
 

@@ -1,6 +1,6 @@
 """The batch clock: fits, epochs and batches of one recorder, and its stop requests.
 
-A batch ends at `tick()`: called by the loop (`StatsHooks.step`), or, while the recorder is
+A batch ends when the loop calls `StatsHooks.end_batch`, or, while the recorder is
 attached with `auto_step`, by a step of an optimizer that updates the recorder's own model
 (several optimizers stepping in one iteration end one batch; optimizers of other models,
 in this thread or another, never end ours). A stop request belongs to one fit: it is
@@ -42,8 +42,8 @@ class Clock:
         self.t0 = self.t1 = 0.0
         self.epoch: int | None = None
         self.epochs: int | None = None
-        self.epoch_step = 0
-        self.epoch_steps: int | None = None
+        self.epoch_batch = 0
+        self.epoch_batches: int | None = None
         self.phase = "train"
         self.last_done: tuple[int | None, int] | None = None  # (epoch, step) of the last batch
         self._epoch_starts: list[tuple[int, int]] = []  # (first batch, epoch)
@@ -109,7 +109,7 @@ class Clock:
         self._stop.clear()
         self.message = ""
         self.fit_start = self.batch
-        self.epochs, self.epoch, self.epoch_step, self.epoch_steps = epochs, None, 0, None
+        self.epochs, self.epoch, self.epoch_batch, self.epoch_batches = epochs, None, 0, None
         self.last_done = None
         self._silent = 0
         self.t0 = time.perf_counter()
@@ -117,7 +117,7 @@ class Clock:
         return self.fit_id
 
     def begin_epoch(self, epoch: int, steps: int | None, phase: str) -> None:
-        self.epoch, self.epoch_steps, self.epoch_step, self.phase = epoch, steps, 0, phase
+        self.epoch, self.epoch_batches, self.epoch_batch, self.phase = epoch, steps, 0, phase
         if not self._epoch_starts or self._epoch_starts[-1][1] != epoch:
             self._epoch_starts.append((self.batch, epoch))
             del self._epoch_starts[:-4096]
@@ -125,8 +125,8 @@ class Clock:
     def batch_done(self) -> None:
         """The batch being recorded ended (it recorded something)."""
         self.batch += 1
-        self.last_done = (self.epoch, self.epoch_step)
-        self.epoch_step += 1
+        self.last_done = (self.epoch, self.epoch_batch)
+        self.epoch_batch += 1
         self._silent = 0
 
     def end_fit(self, stopped: bool, error: BaseException | None, where: str | None) -> None:
@@ -184,8 +184,8 @@ class Clock:
             fit_batches=self.batch - self.fit_start,
             epoch=self.epoch,
             epochs=self.epochs,
-            epoch_step=self.epoch_step,
-            epoch_steps=self.epoch_steps,
+            epoch_batch=self.epoch_batch,
+            epoch_batches=self.epoch_batches,
             phase=self.phase,
             elapsed=max(end - self.t0, 0.0) if self.fit else 0.0,
             message=self.message,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._fold import Filled, Folder
-from ..estimator import Acc, Bins, Scratch, Slots, acc_width, bucket_bins
+from ..estimator import Acc, Bins, Scratch, acc_width, bucket_bins
 from ..stats import HIST, Field, StatsConfig
 
 if TYPE_CHECKING:
@@ -126,17 +126,6 @@ class Collector:
                 tap.listed = True
                 self._filled.append(tap)
 
-    def first_shift(self, tap: Tap, x: torch.Tensor, slots: Slots) -> torch.Tensor:
-        """Before the host has chosen a shift for a layer: the device scalar its sums are
-        centred on, set to a finite value of its first call (no host sync)."""
-        acc = self._device(x.device).acc
-        if not tap.shift_started:
-            p = slots.plan
-            first = x.view(-1)[0 if p.sample is None else p.sample[0]]
-            acc[tap.index, Acc.SHIFT] = first.double().nan_to_num(0.0, 0.0, 0.0)
-            tap.shift_started = True
-        return acc[tap.index, Acc.SHIFT].float()
-
     def spill(self, tap: Tap, grad: bool) -> None:
         """Fold `tap`'s forward (or gradient) slots now, to reuse them in this batch."""
         slots = tap.grad if grad else tap.fwd
@@ -232,7 +221,7 @@ def columns(rows: np.ndarray, batch: int, config: StatsConfig) -> tuple[np.ndarr
     r = rows[layers]
     out = np.zeros((len(layers), config.width))
     out[:, Field.BATCHES] = 1
-    out[:, [Field.STEP_SUM, Field.STEP_FIRST, Field.STEP_LAST]] = batch
+    out[:, [Field.BATCH_SUM, Field.BATCH_FIRST, Field.BATCH_LAST]] = batch
     numel = r[:, Acc.NUMEL]
     exact_counts = config.sample_size is None
     bad = np.maximum(r[:, Acc.BAD], r[:, Acc.BAD_SEEN])

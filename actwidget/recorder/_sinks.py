@@ -107,7 +107,18 @@ class Sinks:
     # --- publishing ---------------------------------------------------------------------------
     def flush(self, fit: int, epoch_of, status: Callable[[], RunStatus]) -> None:
         """Publish what arrived since the last flush (a collective under torch.distributed:
-        every rank calls it at the same batch)."""
+        every rank calls it at the same batch). Listeners hear of it after the publishing
+        lock is released: one that reads the stats (a widget's redraw) never holds up
+        the training thread's own flush."""
+        alerts = self._publish(fit, epoch_of, status)
+        if alerts is None:
+            return
+        self.listeners.emit(Event.FLUSH, self._source)
+        if alerts:
+            self.listeners.emit(Event.ALERT, self._source)
+
+    def _publish(self, fit: int, epoch_of, status: Callable[[], RunStatus]) -> list[Alert] | None:
+        """The publishing itself; returns the alerts raised (None: nothing was published)."""
         with self._publish_lock:
             with self._lock:
                 pending, self._pending = self._pending, []
@@ -121,10 +132,10 @@ class Sinks:
             if self.combiner is not None:
                 combined = self.combiner.combine(layers, cols)
                 if combined is None:  # not the rank that keeps the global view
-                    return
+                    return None
                 layers, cols = combined
             if not len(layers) and not alerts:
-                return
+                return None
             new = self._named(layers, cols) if len(layers) else {}
             with self.stats.lock:
                 for name, mine in new.items():
@@ -134,9 +145,7 @@ class Sinks:
             if self.diagnoser is not None and (not self.stop_on or self.combiner is not None):
                 alerts += self.diagnoser.update(new, epoch_of, fit)
             self._publish_alerts(alerts)
-            self.listeners.emit(Event.FLUSH, self._source)
-            if alerts:
-                self.listeners.emit(Event.ALERT, self._source)
+            return alerts
 
     def _publish_alerts(self, alerts: list[Alert]) -> None:
         for a in alerts:

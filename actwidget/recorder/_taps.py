@@ -25,7 +25,15 @@ import torch
 from torch import nn
 
 from .._modules import CHANNELS_FIRST, first_float_tensor, unsummarizable
-from ..estimator import FALLBACK_SAMPLE, Slots, accumulate, accumulate_grad, jitter, plan
+from ..estimator import (
+    FALLBACK_SAMPLE,
+    Slots,
+    accumulate,
+    accumulate_grad,
+    first_shift,
+    jitter,
+    plan,
+)
 
 if TYPE_CHECKING:
     from ._collector import Collector
@@ -107,8 +115,7 @@ class Tap:
         self.taps, self.index, self.module, self.name = taps, index, module, name
         self.channels_first = isinstance(module, CHANNELS_FIRST)
         self.calls = 0  # recorded-mode calls, for periodicity
-        self.shift: float | None = None  # None: centred on a value of the first call
-        self.shift_started = False  # that value is set on the device
+        self.shift: float | None = None  # None: set from the first call's sample
         self.fwd: Slots | None = None  # slots a forward call wrote since the boundary
         self.grad: Slots | None = None  # slots a gradient wrote since the boundary
         self.slots: dict[torch.Size, Slots] = {}
@@ -135,7 +142,8 @@ class Tap:
                 return
             t = output
             if not (type(t) is torch.Tensor and t.dtype is torch.float32 and _plain(t)):
-                t = self._readable(first_float_tensor(output))  # the uncommon cases
+                bare = isinstance(output, torch.Tensor)
+                t = self._readable(output if bare else first_float_tensor(output))
                 if t is None:
                     return
             x = t.detach()
@@ -149,8 +157,9 @@ class Tap:
             col = taps.collector
             if self.fwd is not None:  # a second call in this batch: fold the first now
                 col.spill(self, grad=False)
-            shift = self.shift if self.shift is not None else col.first_shift(self, x, slots)
-            slots.record(x, shift, col.scratch)
+            if self.shift is None:
+                col.set_shift(self, first_shift(x, slots.plan))
+            slots.record(x, self.shift, col.scratch)
             self.fwd = slots
             col.filled(self)
             if taps.grads and t.requires_grad and torch.is_grad_enabled():
@@ -204,7 +213,7 @@ class Tap:
         with torch.inference_mode(False), torch.no_grad():
             p = plan(x.shape, self.channels_first, self._offsets(x.device), self.taps.exact)
             bins = self.taps.collector.bins(x.device)
-            slots = self.slots[x.shape] = Slots(p, self.taps.exact, x.device, bins)
+            slots = self.slots[x.shape] = Slots(p, self.taps.exact, x.device, bins, self.taps.grads)
         return slots
 
     def _offsets(self, device: torch.device) -> torch.Tensor:

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import ipywidgets as widgets
 
+from ..diagnose import summarize
 from ..source import Event, RunState, RunStatus, Source, StaticSource, as_source
 from ..stats import RunStats
 from . import _kernel
@@ -244,7 +245,7 @@ class ActivationWidget(widgets.VBox):
                 else:
                     self._final_redraw()
             elif event is Event.ALERT:
-                self.layers.alert(a.layer for a in source.alerts)
+                self._mark_alerts(source.alerts)
                 self._redraw(force=True)
                 self._render_header()
             else:
@@ -308,14 +309,20 @@ class ActivationWidget(widgets.VBox):
         return min(self._costs, default=0.0)
 
     def _render_header(self) -> None:
-        self.head.render(self.source.status, self._stats.alerts, self.error)
+        self.head.render(self.source.status, self._stats.alerts, self.error, list(self._stats))
 
     def _redraw(self, force: bool = False) -> None:
-        """Ask for a redraw: drawn now, or by the thread drawing at the moment, right after."""
+        """Ask for a redraw: drawn now, or by the thread drawing at the moment, right after.
+
+        A thread draws at most twice per call: requests that keep arriving from another
+        thread (a loop of `show_layers`) never keep the training thread drawing; what is
+        left is drawn by the next call, from either thread."""
         with self._request_lock:
             self._request = _Request(force)._merge(self._request)
         me = threading.get_ident()
-        while self._request is not None and self._owner != me:
+        for _ in range(2):
+            if self._request is None or self._owner == me:
+                return
             if not self._lock.acquire(blocking=False):
                 return  # another thread draws; it takes our request when it is done
             self._owner = me
@@ -328,6 +335,13 @@ class ActivationWidget(widgets.VBox):
                 self._owner = None
                 self._lock.release()
 
+    def _mark_alerts(self, alerts: list) -> None:
+        """Every alerted layer gets a mark; a few representative ones join the selection:
+        where NaN/inf began and the worst layer of each kind (`diagnose.summarize`)."""
+        lines = summarize(alerts, list(self._stats) or self.layers.names)
+        few = [n for x in lines for n in (x.origin, x.worst) if n]
+        self.layers.alert([a.layer for a in alerts], select=list(dict.fromkeys(few)))
+
     def _draw(self, force: bool) -> None:
         if self._closed:
             return
@@ -338,7 +352,7 @@ class ActivationWidget(widgets.VBox):
         self._version, self._stats = stats.version, stats
         self.layers.add(stats)
         if stats.alerts:  # any source: a saved run's alerts are marked like live ones
-            self.layers.alert(a.layer for a in stats.alerts)
+            self._mark_alerts(stats.alerts)
         made = self.heatmaps.made
         self.painter.draw(stats)
         if self.heatmaps.made == made:  # making figures is a one-off cost: not a draw's

@@ -84,7 +84,8 @@ class Painter:
         if ref is not None:
             ref_layers = binned_many([ref[n] for n in ref_names], grid)
             ref_vals = {k: values(ref_layers, k).reshape(len(ref_names), grid.count) for k in keys}
-        mine = runs_to_bands(nonfinite(layers).reshape(len(names), grid.count).any(axis=0), grid)
+        bad = nonfinite(layers).reshape(len(names), grid.count)
+        mine = runs_to_bands(bad.any(axis=0), grid)
         colors = self.layers.colors_of
         flags = {s.needs for s in SERIES if s.needs}
         recorded = frozenset(f for f in flags if getattr(stats.config, f, True))
@@ -95,6 +96,7 @@ class Painter:
                 rows(band_union(mine, self.bands), 0.0, 1.0), fits(stats), alert_batches(stats)
             ),
             recorded=recorded,
+            bad=bad,
         )  # fmt: skip
 
     def draw_overview(self, stats: RunStats, end: int, width: int) -> None:

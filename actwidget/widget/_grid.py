@@ -68,7 +68,9 @@ def binned_many(layers: list[LayerStats], grid: Grid, hist: bool = False) -> Lay
         cols = layer.columns[:, :width]
         if not len(cols):
             continue
-        idx = np.clip((cols[:, Field.STEP_FIRST] // grid.width).astype(np.int64), 0, grid.count - 1)
+        idx = np.clip(
+            (cols[:, Field.BATCH_FIRST] // grid.width).astype(np.int64), 0, grid.count - 1
+        )
         first = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
         parts.append(cols)
         starts.append(first + offset)

@@ -1,7 +1,8 @@
 """The header: Stop (first, so it never moves), the run's state and progress, and alerts.
 
-Alerts put the header in a warning state: a red bar with the latest alert and, folded
-under it, the list of all of them (kind, layer, batch, message).
+Alerts put the header in a warning state: a red bar with the cause (where NaN/inf began, or
+the fit's earliest alert: `diagnose.headline`) and, folded under it, the alerts read as one
+line per kind and fit where many layers share one (`diagnose.summarize`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 import ipywidgets as widgets
 
+from ..diagnose import Summary, headline, summarize
 from ..source import RunState, RunStatus
 from ..stats import Alert
 from ._names import display_name
@@ -33,8 +35,8 @@ def status_html(st: RunStatus, alerts: int = 0, error: str = "") -> str:
         if st.epoch is not None:
             parts.append(f"epoch {st.epoch + 1}/{st.epochs or '?'}")
         if st.epoch is not None and running:
-            shown = min(st.epoch_step + 1, st.epoch_steps or 10**9)
-            parts.append(f"{st.phase} batch {shown}/{st.epoch_steps or '?'}")
+            shown = min(st.epoch_batch + 1, st.epoch_batches or 10**9)
+            parts.append(f"{st.phase} batch {shown}/{st.epoch_batches or '?'}")
         else:  # ended (the last phase may be one that records nothing): the total
             parts.append(f"{st.batch} batches" if st.epoch is not None else f"batch {st.batch}")
         if st.elapsed > 0:
@@ -47,35 +49,48 @@ def status_html(st: RunStatus, alerts: int = 0, error: str = "") -> str:
     return " · ".join(p for p in parts if p)
 
 
-def alerts_html(alerts: Sequence[Alert], limit: int = 200) -> str:
-    """The warning bar (latest alert) with the list of alerts folded under it; "" if none."""
+def _line(x: Summary) -> str:
+    """A summary's text with its layer names as displayed."""
+    text = x.text
+    for name in dict.fromkeys([*x.layers, x.worst, x.origin or ""]):
+        if name:
+            text = text.replace(name, display_name(name))
+    return html.escape(text)
+
+
+def alerts_html(alerts: Sequence[Alert], layers: Sequence[str] = (), limit: int = 200) -> str:
+    """The warning bar (the cause) with the alerts, one line per kind at depth, folded
+    under it; "" if none."""
     if not alerts:
         return ""
-    last = alerts[-1]
-    more = f" (+{len(alerts) - 1} more)" if len(alerts) > 1 else ""
+    top = headline(alerts, layers)
+    lines = summarize(alerts, layers)
+    more = f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""
+
+    def where(x: Summary) -> str:
+        return display_name(x.layers[0]) if len(x.layers) == 1 else f"{len(x.layers)} layers"
+
     rows = "".join(
-        f"<tr><td>{html.escape(a.kind)}</td><td>{html.escape(display_name(a.layer))}</td>"
-        f"<td style='text-align:right'>{a.batch}</td>"
-        f"<td>{'' if a.epoch is None else a.epoch + 1}</td>"
-        f"<td>{html.escape(a.message)}</td></tr>"
-        for a in reversed(alerts[-limit:])
+        f"<tr><td>{html.escape(x.kind)}</td><td>{html.escape(where(x))}</td>"
+        f"<td style='text-align:right'>{x.batch}</td>"
+        f"<td>{'' if x.alerts[0].epoch is None else x.alerts[0].epoch + 1}</td>"
+        f"<td>{_line(x)}</td></tr>"
+        for x in reversed(lines[-limit:])
     )
     cut = (
-        f"<div>… {len(alerts) - limit} earlier alerts not listed</div>"
-        if len(alerts) > limit
-        else ""
+        f"<div>… {len(lines) - limit} earlier lines not listed</div>" if len(lines) > limit else ""
     )
     return (
         f"<details class='actwidget-alerts' style='border-left:4px solid {_WARN};"
         "background:#fdecea;padding:3px 8px;margin:2px 0'>"
-        f"<summary style='cursor:pointer;color:#8b1a1a'><b>⚠ {html.escape(last.kind)}</b> "
-        f"{html.escape(last.message)}{more}</summary>"
+        f"<summary style='cursor:pointer;color:#8b1a1a'><b>⚠ {html.escape(top.kind)}</b> "
+        f"{_line(top)}{more}</summary>"
         "<div style='max-height:150px;overflow:auto'>"
         "<style>.actwidget-alert-list td,.actwidget-alert-list th{padding:1px 8px 1px 0;"
         "vertical-align:top}</style>"
         "<table class='actwidget-alert-list' style='font-size:12px;border-collapse:collapse'>"
         "<tr><th align=left>kind</th><th align=left>layer</th><th>batch</th><th>epoch</th>"
-        f"<th align=left>message</th></tr>{rows}</table>{cut}</div></details>"
+        f"<th align=left>what</th></tr>{rows}</table>{cut}</div></details>"
     )
 
 
@@ -93,10 +108,12 @@ class Header:
         self.box = widgets.VBox([self.row, self.alerts], layout=widgets.Layout(width="100%"))
         self._n_alerts = -1
 
-    def render(self, st: RunStatus, alerts: Sequence[Alert], error: str = "") -> None:
+    def render(
+        self, st: RunStatus, alerts: Sequence[Alert], error: str = "", layers: Sequence[str] = ()
+    ) -> None:
         value = status_html(st, len(alerts), error)
         if self.status.value != value:
             self.status.value = value
         if len(alerts) != self._n_alerts:
             self._n_alerts = len(alerts)
-            self.alerts.value = alerts_html(alerts)
+            self.alerts.value = alerts_html(alerts, layers)

@@ -164,24 +164,32 @@ class LayerState:
         return [n for n in every if n in set(chosen)]
 
     def show(self, names: Iterable[str] | str | None) -> None:
-        """Select exactly `names` (see `resolve`)."""
+        """Select exactly `names` (see `resolve`). The selection's observers (a redraw) run
+        after the lock is released: a caller in a loop never starves the training thread."""
         with self._lock:
             chosen = self.resolve(names)
             self._extra = []
-            if chosen == list(self.picker.selected):
-                self._on_change()
+            same = chosen == list(self.picker.selected)
+        if same:
+            self._on_change()
+        else:
             self.picker.selected = chosen
 
-    def alert(self, layers: Iterable[str]) -> bool:
-        """Mark layers with an alert; each joins the selection the first time. True if the
-        selection changed.
+    def alert(self, layers: Iterable[str], select: Iterable[str] | None = None) -> bool:
+        """Mark layers with an alert; those of `select` (default: all) join the selection
+        the first time, at most as many over the widget's life as the default selection
+        holds. True if the selection changed.
 
         The browser adds the layers to its selection itself (`auto_select`); until its
         selection arrives they are kept here (`_extra`). Sending `selected` from here
         instead could undo clicks made during a blocking fit that the kernel has not seen."""
+        layers = list(layers)
+        pick = layers if select is None else list(select)
         with self._lock:
             alerted = list(dict.fromkeys([*self.picker.alerted, *layers]))
-            new = [n for n in alerted if n not in self._auto_done and n in self.picker.names]
+            room = max(self._few - len(self._auto_done), 0)
+            new = [n for n in dict.fromkeys(pick) if n not in self._auto_done
+                   and n in self.picker.names][:room]  # fmt: skip
             self._auto_done.update(new)
             add = [n for n in new if n not in self.selected]
             with self.picker.hold_sync():

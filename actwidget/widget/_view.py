@@ -67,6 +67,7 @@ class Frame(NamedTuple):
     ref_values: dict[str, np.ndarray]
     marked: Marked
     recorded: frozenset[str] = frozenset()  # the `Series.needs` flags the run has on
+    bad: np.ndarray | None = None  # (layers, bins): bins with NaN/inf (not drawn, no range)
 
 
 def chart_grid(items: list[widgets.Widget], min_width: str = "300px") -> widgets.GridBox:
@@ -138,6 +139,10 @@ class LineChart:
     def draw(self, frame: Frame) -> None:
         key = self.series.key
         ys, ref = frame.values[key], frame.ref_values.get(key)
+        if frame.bad is not None and frame.bad.shape == ys.shape:
+            # Batches with NaN/inf: the red band marks them; their other values (a near-zero
+            # fraction of 0, a std of the few finite values) neither draw nor set the range.
+            ys = np.where(frame.bad, np.nan, ys)
         shown = [*ys] + ([*ref] if ref is not None else [])
         r = robust_range(shown, log=self.log)
         if self.series.bounds is not None:
@@ -185,7 +190,8 @@ class Charts:
             s.key: LineChart(s, self.x_scale, s.log and std_scale == "log") for s in SERIES
         }
         self.figures = {k: c.figure for k, c in self.charts.items()}
-        self.box = chart_grid(list(self.figures.values()))
+        self.off_note = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.box = widgets.VBox([chart_grid(list(self.figures.values())), self.off_note])
 
     @property
     def line_marks(self) -> list[bq.Lines]:
@@ -195,10 +201,20 @@ class Charts:
     def draw(self, frame: Frame) -> None:
         first = next(iter(self.charts.values()))
         set_x(self.x_scale, first.x_axis, frame.grid.domain, 5)
+        off = []
         for c in self.charts.values():
+            needs = c.series.needs
+            if needs and needs not in frame.recorded:  # not recorded: a note, not a chart
+                off.append(f"{c.series.title}: not recorded (StatsConfig({needs}=True) records it)")
+                set_if_changed(c.figure.layout, display="none")
+                continue
+            set_if_changed(c.figure.layout, display=None)
             if c is not first:
                 set_if_changed(c.x_axis, tick_values=first.x_axis.tick_values)
             c.draw(frame)
+        note = "".join(f"<div style='color:#666;font-size:12px'>{t}</div>" for t in off)
+        set_if_changed(self.off_note, value=note)
+        set_if_changed(self.off_note.layout, display=None if off else "none")
 
     def close(self) -> None:
         for fig in self.figures.values():
