@@ -111,7 +111,8 @@ class Folder:
         else:
             m = sample.new_full((e * lay.k,), float("nan")).index_copy_(0, lay.sample_at, sample)
             m = m.view(e, lay.k)
-        nonneg = torch.where(lay.valid, m, float("inf")).amin(1) >= 0
+        padded = lay.sample_at is not None
+        nonneg = (torch.where(lay.valid, m, float("inf")) if padded else m).amin(1) >= 0
         dead = torch.where(nonneg, zeros.index_add(0, lay.unit_entry, dead_u), 0.0)
         units = torch.where(nonneg, lay.units, 0.0)
         counts = self._sample_counts(m, lay, e)
@@ -128,7 +129,9 @@ class Folder:
         for members, idx, where in lay.groups:
             p = filled[members[0]].slots.plan
             copies = torch.stack([filled[i].slots.copy for i in members])
-            v = (copies - shifts[idx, None].float()).view(len(members), *p.view)
+            centred = any(filled[i].slots.shift for i in members)  # most layers: shift 0
+            v = copies - shifts[idx, None].float() if centred else copies
+            v = v.view(len(members), *p.view)
             sums.append(v.sum(1 + p.sum_dim).view(-1))
             norms.append(torch.linalg.vector_norm(v, 2, 2).view(-1))
             samples.append((copies if where is None else copies.gather(1, where)).view(-1))
@@ -142,7 +145,10 @@ class Folder:
     def _sample_counts(self, m: torch.Tensor, lay: _Layout, e: int) -> torch.Tensor:
         """(E, 2 + bins): near-zero, NaN/inf and histogram counts of the samples, scaled."""
         size = self.bins.size + 1  # and a key for the padding, dropped
-        keys = torch.where(lay.valid, self.bins.keys(m), size - 1).long()
+        keys = self.bins.keys(m)
+        keys = (
+            torch.where(lay.valid, keys, size - 1) if lay.sample_at is not None else keys
+        ).long()
         keys += torch.arange(0, e * size, size, device=m.device)[:, None]
         counts = torch.bincount(keys.view(-1), minlength=e * size).view(e, size)[:, :-1]
         return self.bins.fold_counts(counts.double() * lay.weight[:, None])

@@ -234,6 +234,7 @@ class Slots:
         self, p: Plan, exact: bool, device: torch.device, bins: Bins, grads: bool = False
     ) -> None:
         self.plan, self.bins, self.device = p, bins, device
+        self.shift = 0.0  # what the last call was centred on
         f = torch.float64 if exact else torch.float32
         dev = {"device": device}
         empty = torch.empty(0, **dev)
@@ -253,6 +254,7 @@ class Slots:
 
     def record(self, x: torch.Tensor, shift: Shift, scratch: Scratch) -> None:
         """One call's passes into the slots (`x`: float32, contiguous, detached)."""
+        self.shift = shift  # a whole copy is centred at the boundary, on the accumulator's
         flat = x.view(-1)
         if self.copy is not None:
             self.copy.copy_(flat)

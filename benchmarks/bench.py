@@ -287,15 +287,14 @@ def estimator_table(device: str) -> list[list]:
     torch.manual_seed(0)
     model = heavy_net().to(device)
     mods = conv_outputs(model)
+    batches = make_batches(4, 256, device)
     sampled = StatsHooks(mods, model=model)
     exact = StatsHooks(mods, model=model, config=StatsConfig(sample_size=None))
-    with torch.no_grad():
-        for xb, _ in make_batches(4, 256, device):
-            model(xb)
-            sampled.end_batch()
-            exact.end_batch()
-    sampled.remove()
-    exact.remove()
+    for hooks in (sampled, exact):  # one recorder at a time watches a module: in turn
+        with hooks, torch.no_grad():
+            for xb, _ in batches:
+                model(xb)
+                hooks.end_batch()
     rows = []
     for name in exact.stats:
         s, e = sampled.stats[name], exact.stats[name]

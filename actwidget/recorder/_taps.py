@@ -337,9 +337,10 @@ class Taps:
             h.remove()
         with _OWNERS_LOCK:
             for tap in self.taps:
-                if _OWNERS.get(tap.module) is self._owner:
+                if self._owner is not None and _OWNERS.get(tap.module) is self._owner:
                     del _OWNERS[tap.module]
                 tap.fwd = tap.grad = None
+        self._owner = None
         if handles:
             _invalidate_compiled([t.module for t in self.taps], self.collector.model)
 
