@@ -35,20 +35,18 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .._interrupt import graceful_sigint
 from .._modules import first_float_tensor, module_names, select_modules
 from ..diagnose import AlertConfig
-from ..estimator import next_shift
 from ..source import Event, Listener, RunState, RunStatus
-from ..stats import Alert, Field, RunStats, StatsConfig
+from ..stats import Alert, RunStats, StatsConfig
 from . import _settings
 from ._clock import Clock
-from ._collector import Collector, columns
-from ._sinks import Sinks
+from ._collector import Collector
+from ._sinks import Sinks, distributed_later
 from ._taps import Taps
 
 __all__ = ["StatsHooks", "first_float_tensor", "module_names", "select_modules"]
@@ -111,7 +109,6 @@ class StatsHooks:
             flush_interval=flush_interval, request_stop=self._clock.request_stop,
         )  # fmt: skip
         self._sinks._source = self
-        self._agreed = False  # under torch.distributed: every rank agreed to stop
         self._take = threading.RLock()  # packed copies -> columns, one thread at a time
         self._exit: contextlib.ExitStack | None = None
         if model is not None:
@@ -187,8 +184,8 @@ class StatsHooks:
         if model is not None:
             self.model = self._collector.model = model
         self._bind(select_modules(self.model, self._mods, self._filter))
-        if not _distributed_later():  # else begin_fit decides which rank writes
-            self._setup_dist()
+        if not distributed_later():  # else begin_fit decides which rank writes
+            self._sinks.setup(self.run_dir, self.config, self.root_rank)
         try:
             devices = {p.device for m in self.modules for p in m.parameters()} or {
                 torch.device("cpu")
@@ -229,9 +226,7 @@ class StatsHooks:
         self._clock.unwatch_optimizers()
         self._taps.detach()
         self._collector.free()
-        if self._sinks.writer is not None:
-            self._sinks.writer.close()
-            self._sinks.writer = None
+        self._sinks.close_writer()
 
     # --- one fit, from start to end: `with`, the course callback and the loop adapters ----
     @property
@@ -291,9 +286,9 @@ class StatsHooks:
         """A fit begins (the loop calls this; `with` does); returns its unique id."""
         self.attach()
         self._close_batch()
-        self._setup_dist()
+        self._sinks.setup(self.run_dir, self.config, self.root_rank)
         fit_id = self._clock.begin_fit(epochs)
-        self._agreed = False
+        self._sinks.agreed = False
         mark = self._stats.mark_fit(self._clock.batch)
         self._sinks.begin_fit(mark, self.status)
         self._sinks.listeners.emit(Event.FIT_START, self)
@@ -341,32 +336,13 @@ class StatsHooks:
         return True
 
     def _after_batch(self) -> None:
-        writer = self._sinks.writer
-        if writer is not None and writer.stop_requested():  # reads at most every 0.5 s
-            self._clock.request_stop()
-        comb = self._sinks.combiner
-        if comb is not None and self._clock.state is RunState.RUNNING:
-            # Every rank ends the same batches: agree at each (on the flag all-reduced since
-            # the last one), so that all stop at the same batch and none alone.
-            self._agreed = comb.agree_stop(self._clock.stop_requested) or self._agreed
+        self._sinks.agree(self._clock.stop_requested, self._clock.state is RunState.RUNNING)
 
     def _take_arrived(self, wait: bool, upto: int = -1) -> None:
-        """Packed copies that reached the host -> columns -> the sinks; shifts updated."""
+        """Packed copies that reached the host -> columns -> the sinks (shifts follow)."""
         with self._take:
-            for batch in self._collector.arrived(wait, upto):
-                layers, cols = columns(batch.rows, batch.index, self.config)
-                self._update_shifts(layers, cols)
+            for layers, cols in self._collector.take(self._taps.taps, wait, upto):
                 self._sinks.add(layers, cols, self._clock.fit, self._clock.epoch_of)
-
-    def _update_shifts(self, layers: np.ndarray, cols: np.ndarray) -> None:
-        count = cols[:, Field.COUNT]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = cols[:, Field.M2] / np.maximum(count - 1, 1)
-        for i, mean, v, n in zip(layers.tolist(), cols[:, Field.MEAN], var, count, strict=True):
-            tap = self._taps.taps[i]
-            new = next_shift(tap.shift, float(mean), float(v), n > 1)
-            if new is not None:
-                self._collector.set_shift(tap, new)
 
     def end_fit(self, error: BaseException | None = None, where: str | None = None) -> None:
         """The fit ended: normally, on a stop request, or with `error` (the loop calls this;
@@ -380,11 +356,11 @@ class StatsHooks:
             else:
                 self.flush(force=True)
                 if self._sinks.combiner is not None and self._sinks.combiner.finish():
-                    self._agreed = True
+                    self._sinks.agreed = True
         finally:
             stopped = self.should_stop or self._clock.stop_requested
             self._clock.end_fit(stopped, error, where)
-            self._agreed = False
+            self._sinks.agreed = False
             self._sinks.end_fit(self.status)
             self._sinks.listeners.emit(Event.FIT_END, self)
 
@@ -401,7 +377,7 @@ class StatsHooks:
 
         Under torch.distributed: once every rank agreed (the same batch on all ranks)."""
         if self._sinks.combiner is not None:
-            return self._agreed
+            return self._sinks.agreed
         return self._clock.stop_requested
 
     # --- publishing and reading -----------------------------------------------------------------
@@ -455,7 +431,7 @@ class StatsHooks:
         """Forget everything recorded: the next fit starts at batch 0."""
         with self._take:
             self._collector.clear()
-            self._sinks.reset()
+            self._sinks.reset(self.run_dir, self.config, self.root_rank)
             self._stats.clear()
             for n in self.names:
                 self._stats.layer(n)
@@ -463,32 +439,10 @@ class StatsHooks:
             for tap in self._taps:
                 self._collector.set_shift(tap, 0.0)
                 tap.shift = None
-            if self._sinks.writer is None and self.run_dir is not None and self._is_writer():
-                from ..runfile import RunWriter
-
-                RunWriter(self.run_dir, self.config, self.names).close()  # an empty run
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save the recorded stats, fits and alerts to an `.npz` file."""
         return self.stats.save(path)
-
-    # --- torch.distributed --------------------------------------------------------------------
-    def _setup_dist(self) -> None:
-        """Under torch.distributed, the combiner (made on every rank: a collective); on the
-        writing rank, the run-file sink."""
-        if self._sinks.combiner is None and _is_distributed():
-            from .._dist import Combiner
-
-            self._sinks.distribute(Combiner(len(self.names), root=self.root_rank))
-        if self.run_dir is not None and self._sinks.writer is None and self._is_writer():
-            self._sinks.open_writer(self.run_dir, self.config)
-
-    def _is_writer(self) -> bool:
-        if _is_distributed():
-            return torch.distributed.get_rank() == self.root_rank
-        if _distributed_later():
-            return os.environ.get("RANK", "0") == str(self.root_rank)
-        return True
 
 
 def _replace(other: StatsHooks) -> None:
@@ -499,18 +453,3 @@ def _replace(other: StatsHooks) -> None:
         stacklevel=5,
     )
     other.remove()
-
-
-def _is_distributed() -> bool:
-    return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    )
-
-
-def _distributed_later() -> bool:
-    """Launched as one of several ranks (torchrun sets WORLD_SIZE) whose process group is not
-    initialised yet: which rank writes is decided when the fit begins."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    return world.isdigit() and int(world) > 1 and not _is_distributed()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._fold import Filled, Folder
-from ..estimator import Acc, Bins, Scratch, acc_width, bucket_bins
+from ..estimator import Acc, Bins, Scratch, acc_width, bucket_bins, next_shift
 from ..stats import HIST, Field, StatsConfig
 
 if TYPE_CHECKING:
@@ -188,6 +188,20 @@ class Collector:
             for index, rows in d.pop(wait, upto):
                 got[index] = got[index] + rows if index in got else rows
         return [Batch(i, got[i]) for i in sorted(got)]
+
+    def take(self, taps: list[Tap], wait: bool, upto: int = -1):
+        """The columns of every packed copy that reached the host (see `arrived`), as
+        (layer indices, columns) per batch; each layer's shift follows its last column."""
+        for batch in self.arrived(wait, upto):
+            layers, cols = columns(batch.rows, batch.index, self.config)
+            count = cols[:, Field.COUNT]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                var = cols[:, Field.M2] / np.maximum(count - 1, 1)
+            for i, mean, v, n in zip(layers.tolist(), cols[:, Field.MEAN], var, count, strict=True):
+                new = next_shift(taps[i].shift, float(mean), float(v), n > 1)
+                if new is not None:
+                    self.set_shift(taps[i], new)
+            yield layers, cols
 
     def set_shift(self, tap: Tap, shift: float) -> None:
         """Centre `tap`'s sums on `shift` from the next call on (every device)."""

@@ -11,6 +11,7 @@ batch as it arrives instead, so a stop comes at most one batch after the batch i
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..diagnose import AlertConfig, Diagnoser, summarize
 from ..source import Event, Listeners, RunStatus
 from ..stats import Alert, FitMark, RunStats, StatsConfig
 
-__all__ = ["Sinks"]
+__all__ = ["Sinks", "distributed_later"]
 
 _log = logging.getLogger("actwidget")
 
@@ -66,10 +68,36 @@ class Sinks:
         if self.alert_config is not None and self.diagnoser is None:
             self.diagnoser = Diagnoser(self.alert_config, self.names)
 
-    def distribute(self, combiner: Any) -> None:
-        self.combiner = combiner
-        if combiner is not None and self.stop_on and self.alert_config is not None:
-            self._local = Diagnoser(self.alert_config, self.names)
+    # --- torch.distributed and the run file ------------------------------------------------
+    def setup(self, run_dir: Path | None, config: StatsConfig, root: int) -> None:
+        """Under torch.distributed, the combiner (made on every rank: a collective); on the
+        writing rank (the root, or the only process), the run-file writer."""
+        if self.combiner is None and _distributed():
+            from .._dist import Combiner
+
+            self.combiner = Combiner(len(self.names), root=root)
+            if self.stop_on and self.alert_config is not None:
+                self._local = Diagnoser(self.alert_config, self.names)
+        if run_dir is not None and self.writer is None and _writes(root):
+            from ..runfile import RunWriter
+
+            self.writer = RunWriter(run_dir, config, self.names, stats=self.stats.snapshot())
+
+    def close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def agree(self, stop_requested: bool, running: bool) -> None:
+        """At a batch end: the run file's stop requests, and under torch.distributed the
+        ranks' agreement (on the flag all-reduced since the last batch end), so that all
+        stop at the same batch and none alone."""
+        if self.writer is not None and self.writer.stop_requested():  # at most every 0.5 s
+            self.request_stop()
+        if self.combiner is not None and running:
+            self.agreed = self.combiner.agree_stop(stop_requested) or self.agreed
+
+    agreed = False  # under torch.distributed: every rank agreed to stop
 
     # --- columns in -------------------------------------------------------------------------
     def count_batch(self) -> None:
@@ -184,17 +212,41 @@ class Sinks:
         if self.writer is not None:
             self.writer.end_fit(status)
 
-    def open_writer(self, run_dir: Path, config: StatsConfig) -> None:
-        if self.writer is None:
-            from ..runfile import RunWriter
-
-            self.writer = RunWriter(run_dir, config, self.names, stats=self.stats.snapshot())
-
-    def reset(self) -> None:
+    def reset(self, run_dir: Path | None, config: StatsConfig, root: int) -> None:
+        """Forget everything: pending columns, the rules' state, the run file's contents."""
         self.drop()
         if self.diagnoser is not None:
             self.diagnoser.begin_fit()
         if self.writer is not None:
             self.writer.reset()
+        elif run_dir is not None and _writes(root):
+            from ..runfile import RunWriter
+
+            RunWriter(run_dir, config, self.names).close()  # an empty run
 
     _source: Any = None  # what listeners are told the event came from (the facade)
+
+
+def _distributed() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
+def distributed_later() -> bool:
+    """Launched as one of several ranks (torchrun sets WORLD_SIZE) whose process group is not
+    initialised yet: which rank writes is decided when the fit begins."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return world.isdigit() and int(world) > 1 and not _distributed()
+
+
+def _writes(root: int) -> bool:
+    """Whether this process writes the run file: the root rank (of a process group, or of a
+    launch whose ranks never joined one), else yes."""
+    if _distributed():
+        return torch.distributed.get_rank() == root
+    if distributed_later():
+        return os.environ.get("RANK", "0") == str(root)
+    return True
