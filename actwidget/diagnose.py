@@ -488,6 +488,7 @@ _PHRASE = {
     "vanishing": "vanishing activations",
     "dead": "dead units",
 }
+_FIX = {"nonfinite": _FIX_LR, "exploding": _FIX_LR, "vanishing": _FIX_INIT, "dead": _FIX_DEAD}
 GROUP = 4  # alerts of one kind in this many layers or more read as one line
 
 
@@ -538,6 +539,7 @@ def summarize(
         else:
             text = (f"{_PHRASE[kind]} in {len(names)} of {total} layers{span}, from batch "
                     f"{mine[0].batch} (worst: {worst})")  # fmt: skip
+        text += f"; {_FIX[kind]}"
         out.append(Summary(kind, fit, mine[0].batch, names, origin, worst, text, tuple(mine)))
     return sorted(out, key=lambda x: (x.fit, x.batch, x.kind != "nonfinite"))
 

@@ -224,7 +224,7 @@ function render({ model, el }) {
   style.textContent = STYLE;
   const status = document.createElement("span");
   status.className = "actwidget-stop-status";
-  status.style.marginLeft = "0.5em";
+  status.style.margin = "0 0.5em";
   el.replaceChildren(style, button, status);
 
   const controller = createStopController({

@@ -492,7 +492,7 @@ def test_the_origin_of_nan_is_the_first_layer_in_forward_order_at_the_first_bad_
     assert "downstream of c" in alerts[1].message
     (line,) = summarize(alerts, ["a", "c", "b", "d"])
     assert line.origin == "c" and line.text.startswith("NaN/inf first appeared in c at batch 6")
-    assert "3 of 4 layers followed" in line.text
+    assert "3 of 4 layers followed" in line.text and line.text.endswith("or add normalisation")
     assert headline(alerts, names).origin == "c"
 
 
@@ -504,8 +504,9 @@ def test_many_layers_of_one_kind_read_as_one_line():
     lines = summarize(alerts, names)
     assert [x.kind for x in lines] == ["dead", "exploding"]
     dead = lines[0]
-    assert dead.text == ("dead units in 90 of 98 layers (5-94), from batch 19 "
-                         "(worst: blocks.94)")  # fmt: skip
+    assert dead.text == ("dead units in 90 of 98 layers (5-94), from batch 19 (worst: "
+                         "blocks.94); lower the learning rate, use kaiming init, LeakyReLU "
+                         "or normalisation")  # fmt: skip
     assert len(dead.alerts) == 90 and dead.worst == "blocks.94"
     assert lines[1].text == "blocks.3: jumped"  # one alert: its own message
     # The header: the earliest unacknowledged alert of the latest fit.

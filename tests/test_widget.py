@@ -176,14 +176,16 @@ def test_the_gradient_chart_says_when_gradients_are_not_recorded():
     cb = StoreModuleStatsCB(mods=[model[1]])  # the default: no gradient stats
     w = ActivationWidget(cb, interval=0)
     fit(model, [cb])
-    assert w.charts.figures["grad_std"].layout.display == "none"  # a note instead of a chart
+    grad = w.charts.figures["grad_std"]
+    assert grad not in w.charts.grid.children  # a note instead of a chart
+    assert w.charts.figures["mean"] in w.charts.grid.children
     assert "Gradient std: not recorded (StatsConfig(grads=True)" in w.charts.off_note.value
     assert w.charts.off_note.layout.display is None
     assert w.charts.figures["mean"].title == "Mean"
     cb = StoreModuleStatsCB(mods=[model[1]], config=StatsConfig(grads=True))
     w = ActivationWidget(cb, interval=0)
     fit(model, [cb])
-    assert w.charts.figures["grad_std"].layout.display is None and not w.charts.off_note.value
+    assert w.charts.figures["grad_std"] in w.charts.grid.children and not w.charts.off_note.value
 
 
 def test_arrays_cross_as_binary_buffers_not_lists():
@@ -324,7 +326,7 @@ def test_nan_inf_and_huge_values_reach_the_browser_finite_and_marked():
         for y in curves(w, c.series.key).values():
             assert np.isfinite(y[-1])
     # The non-finite batches are covered by a red band on every chart and heatmap.
-    shown = [c for c in w.charts.charts.values() if c.figure.layout.display != "none"]
+    shown = [c for c in w.charts.charts.values() if c.figure in w.charts.grid.children]
     for overlay in [c.overlay for c in shown] + [m.overlay for m in w.heatmaps.maps.values()]:
         xs = overlay.bands.x
         assert len(xs) >= 1 and xs.min() <= 39.5 and xs.max() >= 49.5

@@ -191,7 +191,8 @@ class Charts:
         }
         self.figures = {k: c.figure for k, c in self.charts.items()}
         self.off_note = widgets.HTML(layout=widgets.Layout(display="none"))
-        self.box = widgets.VBox([chart_grid(list(self.figures.values())), self.off_note])
+        self.grid = chart_grid(list(self.figures.values()))
+        self.box = widgets.VBox([self.grid, self.off_note])
 
     @property
     def line_marks(self) -> list[bq.Lines]:
@@ -201,17 +202,20 @@ class Charts:
     def draw(self, frame: Frame) -> None:
         first = next(iter(self.charts.values()))
         set_x(self.x_scale, first.x_axis, frame.grid.domain, 5)
-        off = []
+        off, shown = [], []
         for c in self.charts.values():
             needs = c.series.needs
             if needs and needs not in frame.recorded:  # not recorded: a note, not a chart
                 off.append(f"{c.series.title}: not recorded (StatsConfig({needs}=True) records it)")
-                set_if_changed(c.figure.layout, display="none")
                 continue
-            set_if_changed(c.figure.layout, display=None)
+            shown.append(c.figure)
             if c is not first:
                 set_if_changed(c.x_axis, tick_values=first.x_axis.tick_values)
             c.draw(frame)
+        # A chart not recorded leaves the grid (a hidden bqplot figure lays itself out at a
+        # negative size, an error in the browser console).
+        if tuple(shown) != self.grid.children:
+            self.grid.children = tuple(shown)
         note = "".join(f"<div style='color:#666;font-size:12px'>{t}</div>" for t in off)
         set_if_changed(self.off_note, value=note)
         set_if_changed(self.off_note.layout, display=None if off else "none")

@@ -138,7 +138,7 @@ dls_small = DataLoaders(synthetic(64 * 30), synthetic(64 * 2))
 for _ in range(2):
     TrainLearner(net, dls_small, F.cross_entropy, lr=0.01,
                  cbs=[cbd, SlowDown({SLEEP_S}), ProgressCB(plot=True)]).fit(1)
-print("alerts:", [(a.kind, a.layer, a.batch) for a in cbd.alerts][:3])
+print("alert kinds:", sorted({{a.kind for a in cbd.alerts}}))
 """,
 ]
 
@@ -584,7 +584,7 @@ def test_a_run_diverging_to_nan_is_flagged_everywhere(lab, page):
     expect(w.header).to_contain_text("alert", timeout=60_000)
     fit.wait(timeout=120_000)
     text = cell_output_text(page, 2)
-    assert "('nonfinite'" in text, text
+    assert "'nonfinite'" in text, text
     wait_kernel_idle(page)
     w.bring_into_view()
     # The header warns and the alert list names the layer, the batch and the fix.
