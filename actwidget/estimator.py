@@ -178,6 +178,7 @@ class Plan(NamedTuple):
     taken: int
     sample: torch.Tensor | None
     copy: bool  # eager: copy the activation whole; the boundary reduces it
+    unit_dim: int  # the dimension of `shape` that indexes units (when there are units)
 
     @property
     def partials(self) -> int:
@@ -219,7 +220,8 @@ def plan(
         last = max(shape[-1], 1) if shape else 1
         view, sum_dim, div = (n // last, last), 1, 1
     sample = None if n <= k else (offsets * (n / k)).long().clamp_(max=n - 1)
-    return Plan(shape, n, view, sum_dim, units, div, min(n, k), sample, n <= COPY_MAX and not exact)
+    copy = n <= COPY_MAX and not exact
+    return Plan(shape, n, view, sum_dim, units, div, min(n, k), sample, copy, 1 if first else -1)
 
 
 Shift = float
@@ -324,11 +326,15 @@ def accumulate(
     """Add one call's summary to its accumulator `row`, in float64 tensor ops (what a
     compiled graph runs per hooked call; eager code may run it too)."""
     flat = x.reshape(-1)
-    d = flat.double() - row[Acc.SHIFT]
-    fin = torch.isfinite(d)
+    shift = row[Acc.SHIFT]
+    # The sums over the whole output around the layer's shift, reductions the compiler fuses
+    # into the layer's own kernel (float32 with its cascade summation; float64 when exact);
+    # per-unit sums for the dead units.
+    f = torch.float64 if exact else torch.float32
+    d = x.to(f) - shift.to(f)
     if exact:
-        d = torch.where(fin, d, 0.0)
-    s1, s2 = d.sum(), (d * d).sum()
+        d = torch.where(torch.isfinite(d), d, 0.0)
+    s1, s2 = d.sum().double(), (d * d).sum().double()
     sample = flat if p.sample is None else flat[p.sample]
     scale = p.numel / p.taken
     counted = flat.float() if exact else sample.float()
@@ -336,7 +342,7 @@ def accumulate(
     counts = counts.index_add(0, bins.keys(counted).long(), _ones(counted))
     near_bad_hist = (counts @ bins.fold) * (1.0 if exact else scale)
     nonneg = sample.min() >= 0 if p.taken else torch.tensor(False, device=x.device)
-    dead, units = _dead(flat.double().view(p.view).sum(p.sum_dim), p, nonneg)
+    dead, units = _dead(x, p, nonneg, exact)
     s_count, s_mean, s_m2 = _merge_moments(row, *_moments(sample.double()))
     update = torch.stack([
         torch.ones((), dtype=torch.float64, device=x.device),
@@ -368,15 +374,15 @@ def _ones(a: torch.Tensor) -> torch.Tensor:
     return torch.ones(a.shape, dtype=torch.float64, device=a.device)
 
 
-def _dead(unit_sums: torch.Tensor, p: Plan, nonneg: torch.Tensor):
-    """(dead units, units judged) of one call from its partial sums of `a` (0, 0 when the
-    values were not all >= 0: "dead" means a ReLU-like unit that never fired)."""
+def _dead(x: torch.Tensor, p: Plan, nonneg: torch.Tensor, exact: bool):
+    """(dead units, units judged) of one call: units whose total is at most DEAD_BELOW times
+    the mean unit's (0, 0 when the values were not all >= 0: "dead" means a ReLU-like unit
+    that never fired)."""
     if not p.units:
-        zero = torch.zeros((), dtype=torch.float64, device=unit_sums.device)
+        zero = torch.zeros((), dtype=torch.float64, device=x.device)
         return zero, zero
-    idx = (torch.arange(len(unit_sums), device=unit_sums.device) // p.div) % p.units
-    per_unit = torch.zeros(p.units, dtype=torch.float64, device=unit_sums.device)
-    per_unit = per_unit.index_add(0, idx, unit_sums)
+    others = [i for i in range(x.dim()) if i != p.unit_dim % x.dim()]
+    per_unit = x.sum(others, dtype=torch.float64 if exact else torch.float32).double()
     threshold = DEAD_BELOW * per_unit.sum() / p.units
     dead = (per_unit <= threshold).sum().double()
     return torch.where(nonneg, dead, 0.0), torch.where(nonneg, float(p.units), 0.0).double()

@@ -48,12 +48,16 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def test_fullgraph_compiled_recording_equals_eager():
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fullgraph_compiled_recording_equals_eager(exact, channels_last):
     torch.manual_seed(0)
     eager = Small()
     compiled = copy.deepcopy(eager)
-    config = StatsConfig(grads=True)
+    config = StatsConfig(grads=True, sample_size=None if exact else 1024)
     batches = data(3)
+    if channels_last:  # a convolution's output in channels-last memory order, as oneDNN makes it
+        batches = [(x.to(memory_format=torch.channels_last), y) for x, y in batches]
     h_eager = StatsHooks(model=eager, config=config)  # every leaf module
     run(eager, eager, h_eager, batches)
     h_comp = StatsHooks(model=compiled, config=config)
