@@ -24,10 +24,9 @@ Two ways to run a call, with the same numbers:
   at the batch boundary. A small activation is copied whole instead (one op per call) and
   reduced at the boundary together with the others of its shape.
 - compiled (`accumulate`): under `torch.compile` the call adds its summary to its row
-  directly: the sums over the whole output in float32 (inductor's cascade summation, fused
-  into the layer's own kernel; float64 in exact mode), per-unit totals reduced in the
-  output's own layout (a strided pass per row is slow on channels-last maps), the rest from
-  the sample. The same numbers as eager to about 1e-7.
+  directly: the sums over the whole output in float64, fused into the layer's own kernel,
+  per-unit totals reduced in the output's own layout (a strided pass per row is slow on
+  channels-last maps), the rest from the sample.
 """
 
 from __future__ import annotations
@@ -330,14 +329,13 @@ def accumulate(
     runs per hooked call)."""
     flat = x.reshape(-1)
     shift = row[Acc.SHIFT]
-    # The sums over the whole output around the layer's shift, reductions the compiler fuses
-    # into the layer's own kernel (float32 with its cascade summation; float64 when exact);
-    # per-unit sums for the dead units.
-    f = torch.float64 if exact else torch.float32
-    d = x.to(f) - shift.to(f)
+    # The sums over the whole output around the layer's shift, in float64 (a layer's first
+    # batch is summed before any shift is known: float32 squares would cancel), reductions
+    # the compiler fuses into the layer's own kernel; per-unit sums for the dead units.
+    d = x.double() - shift
     if exact:
         d = torch.where(torch.isfinite(d), d, 0.0)
-    s1, s2 = d.sum().double(), (d * d).sum().double()
+    s1, s2 = d.sum(), (d * d).sum()
     sample = flat if p.sample is None else flat[p.sample]
     scale = p.numel / p.taken
     counted = flat.float() if exact else sample.float()

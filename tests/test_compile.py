@@ -77,6 +77,26 @@ def test_fullgraph_compiled_recording_equals_eager(exact, channels_last):
         np.testing.assert_allclose(a[name].grad_abs, b[name].grad_abs, rtol=1e-5)
 
 
+def test_a_layer_far_from_zero_keeps_its_spread():
+    """A mean 1e4 times the spread: the first batch, summed before any shift is known, falls
+    back to the sample's moments; from the next batch on the sums are centred and exact."""
+    g = torch.Generator().manual_seed(0)
+    xs = [100.0 + 0.01 * torch.randn(64, 512, generator=g) for _ in range(3)]
+    model = nn.Sequential(nn.Identity(), nn.Linear(512, 4))
+    hooks = StatsHooks(model[0], model=model)
+    step = torch.compile(model, fullgraph=True)
+    with hooks:
+        for x in xs:
+            step(x)
+            hooks.end_batch()
+    s = hooks.stats["0 (Identity)"]
+    ref = [x.double() for x in xs]
+    np.testing.assert_allclose(s.mean[0], ref[0].mean().item(), rtol=1e-5)  # ~1024 values
+    np.testing.assert_allclose(s.std[0], ref[0].std().item(), rtol=0.1)
+    np.testing.assert_allclose(s.mean[1:], [r.mean().item() for r in ref[1:]], rtol=1e-9)
+    np.testing.assert_allclose(s.std[1:], [r.std().item() for r in ref[1:]], rtol=1e-6)
+
+
 def test_hooks_trace_without_graph_breaks():
     model = Small()
     with StatsHooks(model=model, config=StatsConfig(grads=True)):
