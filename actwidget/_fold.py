@@ -60,6 +60,12 @@ class _Layout(NamedTuple):
     seg_g_sample: torch.Tensor
     g_weight: torch.Tensor
 
+    @property
+    def padded(self) -> bool:
+        """Whether the samples are scattered into the (E, k) matrix (a shorter one, or
+        entries out of order) rather than filling it in order; `valid` marks its values."""
+        return self.sample_at is not None
+
 
 class Folder:
     """Folds filled slots into accumulator rows, for one recorder and device."""
@@ -106,13 +112,12 @@ class Folder:
         mean_unit = (total + shifts * lay.numel) / lay.units.clamp(min=1)
         dead_u = (per_unit <= DEAD_BELOW * mean_unit[lay.unit_entry]).double()
         # The samples as an (E, k) matrix (NaN where an entry's sample is shorter).
-        if lay.sample_at is None:
+        if not lay.padded:
             m = sample.view(e, lay.k)
         else:
             m = sample.new_full((e * lay.k,), float("nan")).index_copy_(0, lay.sample_at, sample)
             m = m.view(e, lay.k)
-        padded = lay.sample_at is not None
-        nonneg = (torch.where(lay.valid, m, float("inf")) if padded else m).amin(1) >= 0
+        nonneg = (torch.where(lay.valid, m, float("inf")) if lay.padded else m).amin(1) >= 0
         dead = torch.where(nonneg, zeros.index_add(0, lay.unit_entry, dead_u), 0.0)
         units = torch.where(nonneg, lay.units, 0.0)
         counts = self._sample_counts(m, lay, e)
@@ -146,9 +151,7 @@ class Folder:
         """(E, 2 + bins): near-zero, NaN/inf and histogram counts of the samples, scaled."""
         size = self.bins.size + 1  # and a key for the padding, dropped
         keys = self.bins.keys(m)
-        keys = (
-            torch.where(lay.valid, keys, size - 1) if lay.sample_at is not None else keys
-        ).long()
+        keys = (torch.where(lay.valid, keys, size - 1) if lay.padded else keys).long()
         keys += torch.arange(0, e * size, size, device=m.device)[:, None]
         counts = torch.bincount(keys.view(-1), minlength=e * size).view(e, size)[:, :-1]
         return self.bins.fold_counts(counts.double() * lay.weight[:, None])

@@ -341,7 +341,7 @@ def accumulate(
     counted = flat.float() if exact else sample.float()
     counts = torch.zeros(bins.size, dtype=torch.float64, device=x.device)
     counts = counts.index_add(0, bins.keys(counted).long(), _ones(counted))
-    near_bad_hist = (counts @ bins.fold) * (1.0 if exact else scale)
+    near_bad_hist = bins.fold_counts(counts[None])[0] * (1.0 if exact else scale)
     nonneg = sample.min() >= 0 if p.taken else torch.tensor(False, device=x.device)
     dead, units = _dead(x, p, nonneg, exact)
     s_count, s_mean, s_m2 = _merge_moments(row, *_moments(sample.double()))

@@ -52,6 +52,7 @@ class Sinks:
         self.listeners = Listeners()
         self.writer: Any = None  # a runfile.RunWriter (on the writing rank)
         self.combiner: Any = None  # a _dist.Combiner under torch.distributed
+        self.agreed = False  # under torch.distributed: every rank agreed to stop
         self.diagnoser: Diagnoser | None = None
         self.forward: list[str] = []  # the layers in forward order, once known
         self._local: Diagnoser | None = None  # distributed + stop_on: this rank's own rules
@@ -96,8 +97,6 @@ class Sinks:
             self.request_stop()
         if self.combiner is not None and running:
             self.agreed = self.combiner.agree_stop(stop_requested) or self.agreed
-
-    agreed = False  # under torch.distributed: every rank agreed to stop
 
     # --- columns in -------------------------------------------------------------------------
     def count_batch(self) -> None:

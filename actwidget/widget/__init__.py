@@ -91,6 +91,7 @@ class ActivationWidget(widgets.VBox):
         self._last = 0.0
         self._costs: deque[float] = deque(maxlen=3)  # seconds of recent redraws
         self._version = -1
+        self._marked: tuple = (0, None)  # (count, last) of the alerts marked on the layers
         self._stats = RunStats()
         self._closed = False
         # Set while a blocking fit runs on the kernel's main thread: reads the front end's
@@ -337,7 +338,12 @@ class ActivationWidget(widgets.VBox):
 
     def _mark_alerts(self, alerts: list) -> None:
         """Every alerted layer gets a mark; a few representative ones join the selection:
-        where NaN/inf began and the worst layer of each kind (`diagnose.summarize`)."""
+        where NaN/inf began and the worst layer of each kind (`diagnose.summarize`). Alerts
+        already marked are not summarised again at every redraw."""
+        seen = (len(alerts), alerts[-1] if alerts else None)
+        if seen == self._marked:
+            return
+        self._marked = seen
         lines = summarize(alerts, list(self._stats) or self.layers.names)
         few = [n for x in lines for n in (x.origin, x.worst) if n]
         self.layers.alert([a.layer for a in alerts], select=list(dict.fromkeys(few)))
