@@ -6,14 +6,18 @@ counts, sums and histograms add, means and variances combine exactly (Chan's for
 `stats.merge_groups`). Per flush it runs two collectives on a private gloo group, on host
 memory (the columns are already there: no device copy, no device sync):
 
-1. an all-reduce (MAX) of a header: the flush's batch window and, from the root, one
-   centring shift per layer and moment (2 + 2 x layers float64 values);
+1. an all-reduce (MAX) of a header: the flush's batch window, from the root one centring
+   shift per layer and moment, and each layer's unit count (2 + 3 x layers float64 values);
 2. a reduce (SUM) to the root of a dense (layers, batches, K) float64 grid, K = 48 at the
    default 34 bins: 9 additive fields, the histogram, a presence count, and per moment
-   n * (mean - shift) and M2 + n * (mean - shift)^2.
+   n * (mean - shift) and M2 + n * (mean - shift)^2; after it, per layer with units, a
+   (batches, 1 + units) grid of per-unit totals (and a count of ranks that could not give
+   them), so that a unit is dead when it gave nothing over the global batch (pooled), not
+   on one rank's share of it.
 
-So each rank sends about layers x batches x K x 8 bytes per flush: 2.5 MB for 100 layers
-and `flush_every=64` (38 KB per batch), the same at 2 ranks or 1,000.
+So each rank sends about layers x batches x (K + units) x 8 bytes per flush: 2.5 MB for 100
+layers and `flush_every=64` (38 KB per batch) plus 0.5 KB per batch per 64 units, the same
+at 2 ranks or 1,000.
 
 `agree_stop` runs once per batch: an asynchronous all-reduce (MAX) of a one-element flag,
 started at one batch boundary and read at the next, so every rank stops at the same
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .estimator import DEAD_BELOW
 from .stats import HIST, Field, merge_groups
 
 __all__ = ["Combiner"]
@@ -57,29 +62,48 @@ class Combiner:
     def is_root(self) -> bool:
         return self.rank == self.root
 
-    def combine(self, layers: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def combine(
+        self,
+        layers: np.ndarray,
+        rows: np.ndarray,
+        units: dict[tuple[int, int], np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """The global one-batch columns of this flush, sorted by (layer, batch), on the root
-        (None on other ranks). Every rank must call it at the same flush."""
-        width = rows.shape[1]
+        (None on other ranks). `units`: per (layer, batch), this rank's per-unit totals, where
+        every call was judged for dead units. Every rank must call it at the same flush."""
+        units = units or {}
+        width, n = rows.shape[1], self.n_layers
         lay, steps, merged = _per_layer_step(layers, rows)
-        header = np.full(2 + 2 * self.n_layers, -np.inf)
+        header = np.full(2 + 3 * n, -np.inf)
         if len(steps):
             header[:2] = steps.max(), -steps.min()
         if self.is_root:
-            header[2:] = _shifts(lay, merged, self.n_layers).ravel()
+            header[2 : 2 + 2 * n] = _shifts(lay, merged, n).ravel()
+        for (i, _), u in units.items():
+            header[2 + 2 * n + i] = max(header[2 + 2 * n + i], len(u))
         header = self._all_reduce_max(header)
         if not np.isfinite(header[0]):  # no rank recorded anything
             return (np.zeros(0, np.int64), np.zeros((0, width))) if self.is_root else None
         lo, hi = int(-header[1]), int(header[0])
-        shifts = header[2:].reshape(2, self.n_layers)
-        grid = np.zeros((self.n_layers, hi - lo + 1, _k(width)))
+        shifts = header[2 : 2 + 2 * n].reshape(2, n)
+        widths = np.where(np.isfinite(header[2 + 2 * n :]), header[2 + 2 * n :], 0).astype(int)
+        grid = np.zeros((n, hi - lo + 1, _k(width)))
         grid[lay, steps - lo] = _pack(merged, shifts[:, lay])
-        t = torch.from_numpy(grid)
+        unit_grids = _unit_grids(widths, hi - lo + 1, lay, steps - lo, units, lo)
+        t = torch.from_numpy(np.concatenate([grid.ravel(), *(g.ravel() for g in unit_grids)]))
         dist.reduce(t, dst=self._global(self.root), op=dist.ReduceOp.SUM, group=self.group)
-        self.bytes_sent += grid.nbytes
+        self.bytes_sent += t.numel() * t.element_size()
         if not self.is_root:
             return None
-        return _unpack(grid, lo, width, shifts)
+        reduced = t.numpy()
+        grid = reduced[: grid.size].reshape(grid.shape)
+        at = grid.size
+        for g in unit_grids:
+            g[...] = reduced[at : at + g.size].reshape(g.shape)
+            at += g.size
+        out_layers, out = _unpack(grid, lo, width, shifts)
+        _pool_dead(out_layers, out, unit_grids, widths, lo)
+        return out_layers, out
 
     def agree_stop(self, local: bool) -> bool:
         """Call at every batch boundary on every rank: True when all ranks are to stop here.
@@ -183,3 +207,43 @@ def _unpack(
         out[:, mean] = shifts[m, layer] + d
         out[:, m2] = np.where(n > 0, np.maximum(ss - n * np.nan_to_num(d) ** 2, 0.0), 0.0)
     return layer.astype(np.int64), out
+
+
+def _unit_grids(
+    widths: np.ndarray,
+    batches: int,
+    lay: np.ndarray,
+    at: np.ndarray,
+    units: dict[tuple[int, int], np.ndarray],
+    lo: int,
+) -> list[np.ndarray]:
+    """Per layer with units (in layer order), this rank's (batches, 1 + units) grid: in each
+    batch it recorded, [0, per-unit totals], or [1, 0...] when it cannot give them (a call
+    not judged, a compiled call); zeros in batches it did not record."""
+    grids = []
+    for i in np.flatnonzero(widths):
+        g = np.zeros((batches, 1 + widths[i]))
+        for b in at[lay == i].tolist():
+            u = units.get((int(i), lo + b))
+            if u is not None and len(u) == widths[i]:
+                g[b, 1:] = u
+            else:
+                g[b, 0] = 1
+        grids.append(g)
+    return grids
+
+
+def _pool_dead(
+    layers: np.ndarray, out: np.ndarray, grids: list[np.ndarray], widths: np.ndarray, lo: int
+) -> None:
+    """Where every rank gave per-unit totals, the dead units over the global batch: units
+    whose total is at most DEAD_BELOW x the mean unit's (as one process judges a call)."""
+    for i, g in zip(np.flatnonzero(widths).tolist(), grids, strict=True):
+        mine = np.flatnonzero(layers == i)
+        b = out[mine, Field.BATCH_FIRST].astype(np.int64) - lo
+        ok = g[b, 0] == 0
+        totals = g[b[ok], 1:]
+        with np.errstate(invalid="ignore"):
+            dead = (totals <= DEAD_BELOW * totals.mean(1, keepdims=True)).sum(1)
+        out[mine[ok], Field.UNITS] = widths[i]
+        out[mine[ok], Field.DEAD] = dead

@@ -20,7 +20,7 @@ import torch
 from .estimator import DEAD_BELOW, Acc, Bins, Slots
 from .stats import StatsConfig
 
-__all__ = ["Filled", "Folder"]
+__all__ = ["Filled", "Folder", "UnitSums"]
 
 
 class Filled(NamedTuple):
@@ -47,6 +47,7 @@ class _Layout(NamedTuple):
     per_partial: torch.Tensor  # values in each partial sum
     unit_of: torch.Tensor  # unit of each partial sum (units of all entries, then a spare)
     unit_entry: torch.Tensor  # entry of each unit
+    unit_rows: tuple[tuple[int, int], ...]  # (row, units) of each entry with units, in order
     seg_norms: torch.Tensor
     sample_at: torch.Tensor | None  # where each sampled value goes in the (E, k) matrix
     valid: torch.Tensor  # (E, k): which cells of that matrix hold a value
@@ -67,6 +68,43 @@ class _Layout(NamedTuple):
         return self.sample_at is not None
 
 
+class UnitSums:
+    """Under torch.distributed: each layer's per-unit totals over the batch (its eager calls
+    with no value < 0), on the device, so that the ranks can pool them (a unit is dead when
+    it gave nothing over the global batch). One flat buffer, a segment per layer; `take`
+    hands it over at the batch boundary with the accumulator."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buf = torch.zeros(0, dtype=torch.float64, device=device)
+        self.segments: dict[int, tuple[int, int]] = {}  # row -> (offset, units); replaced,
+        self._pos: dict[tuple, torch.Tensor] = {}  # never changed in place (see `take`)
+
+    def add(self, unit_rows: tuple[tuple[int, int], ...], values: torch.Tensor) -> None:
+        """Add `values` (the units of `unit_rows`' layers, in order) to their segments."""
+        pos = self._pos.get(unit_rows)
+        if pos is None:
+            for row, n in unit_rows:
+                if self.segments.get(row, (0, -1))[1] != n:  # new, or another unit count
+                    self.segments = {**self.segments, row: (len(self.buf), n)}
+                    self.buf = torch.cat([self.buf, self.buf.new_zeros(n)])
+                    self._pos.clear()
+            at = [np.arange(n) + self.segments[row][0] for row, n in unit_rows]
+            pos = self._pos[unit_rows] = torch.from_numpy(np.concatenate(at)).to(self.device)
+        self.buf.index_add_(0, pos, values)
+
+    def take(self) -> tuple[torch.Tensor, dict[int, tuple[int, int]]]:
+        """The buffer and its segments at a batch boundary; then zeroed (and made anew once
+        dropped segments, of layers whose unit count changed, outweigh the live ones)."""
+        buf, segments = self.buf, self.segments
+        live = sum(n for _, n in segments.values())
+        if len(buf) > 2 * live + 4096:
+            self.buf, self.segments, self._pos = buf.new_zeros(0), {}, {}
+        else:
+            self.buf = buf.new_zeros(len(buf))
+        return buf, segments
+
+
 class Folder:
     """Folds filled slots into accumulator rows, for one recorder and device."""
 
@@ -75,8 +113,11 @@ class Folder:
         self._layouts: dict[tuple, _Layout] = {}
         self._exp_fold: torch.Tensor | None = None
 
-    def fold(self, acc: torch.Tensor, filled: Sequence[Filled]) -> None:
-        """Add the calls in `filled` (one entry per layer) to their rows of `acc`."""
+    def fold(
+        self, acc: torch.Tensor, filled: Sequence[Filled], units: UnitSums | None = None
+    ) -> None:
+        """Add the calls in `filled` (one entry per layer) to their rows of `acc` (and, under
+        torch.distributed, their per-unit totals to `units`)."""
         if not filled:
             return
         key = tuple((f.row, id(f.slots), f.fwd, f.grad) for f in filled)
@@ -88,14 +129,14 @@ class Folder:
         e = len(filled)
         zeros = torch.zeros(e, dtype=torch.float64, device=acc.device)
         if lay.seg_sums.numel():
-            cols = self._forward(acc, filled, lay, e, zeros)
+            cols = self._forward(acc, filled, lay, e, zeros, units)
         else:  # gradients only
             cols = [zeros] * Acc.G_NUMEL + [torch.zeros(e, self.config.bins, device=acc.device)]
         cols[Acc.G_NUMEL : Acc.G_NUMEL] = self._grads(filled, lay, zeros)
         hist = cols.pop()
         acc.index_add_(0, lay.rows, torch.cat([torch.stack(cols, 1), hist], 1))
 
-    def _forward(self, acc, filled, lay: _Layout, e: int, zeros) -> list[torch.Tensor]:
+    def _forward(self, acc, filled, lay: _Layout, e: int, zeros, units) -> list[torch.Tensor]:
         """The forward fields (CALLS .. S_M2) per entry, then the histogram counts."""
         shifts = acc[lay.rows, Acc.SHIFT]
         sums, norms, sample = self._gather(filled, lay, shifts)
@@ -119,6 +160,8 @@ class Folder:
             m = m.view(e, lay.k)
         nonneg = (torch.where(lay.valid, m, float("inf")) if lay.padded else m).amin(1) >= 0
         dead = torch.where(nonneg, zeros.index_add(0, lay.unit_entry, dead_u), 0.0)
+        if units is not None and lay.unit_rows:
+            units.add(lay.unit_rows, torch.where(nonneg[lay.unit_entry], per_unit, 0.0))
         units = torch.where(nonneg, lay.units, 0.0)
         counts = self._sample_counts(m, lay, e)
         if lay.exact:
@@ -199,6 +242,7 @@ def _layout(filled: Sequence[Filled], dev: torch.device) -> _Layout:
     k = max((plans[i].taken for i in order), default=1)
     # Built with numpy (no torch call per layer), moved to the device once per array.
     seg_s, per_p, unit_of, unit_entry, seg_n, sample_at = [], [], [], [], [], []
+    unit_rows = []
     for i in order:
         p = plans[i]
         seg_s.append(np.full(p.partials, i))
@@ -206,6 +250,7 @@ def _layout(filled: Sequence[Filled], dev: torch.device) -> _Layout:
         if p.units:
             unit_of.append(len(unit_entry) + (np.arange(p.partials) // p.div) % p.units)
             unit_entry += [i] * p.units
+            unit_rows.append((filled[i].row, p.units))
         else:  # no units: its partials go to a spare unit, never counted
             unit_of.append(np.full(p.partials, -1))
         seg_n.append(np.full(p.view[0], i))
@@ -252,6 +297,7 @@ def _layout(filled: Sequence[Filled], dev: torch.device) -> _Layout:
         per_partial=cat(per_p, torch.float64),
         unit_of=cat(unit_of),
         unit_entry=t(unit_entry),
+        unit_rows=tuple(unit_rows),
         seg_norms=cat(seg_n),
         sample_at=None if dense else t(at),
         valid=t(valid, torch.bool),

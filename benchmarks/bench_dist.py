@@ -55,11 +55,13 @@ def _core_only_import() -> None:
 @contextlib.contextmanager
 def local_only():
     """The recorder as if this were one process: no combine, no agreed stop."""
-    from actwidget import recorder
+    from actwidget.recorder import _collector, _sinks
 
-    with mock.patch.object(recorder, "_is_distributed", lambda: False), mock.patch.dict(
-        os.environ, {"WORLD_SIZE": "1"}
-    ):  # fmt: skip
+    with (
+        mock.patch.object(_sinks, "_distributed", lambda: False),
+        mock.patch.object(_collector, "_distributed", lambda: False),
+        mock.patch.dict(os.environ, {"WORLD_SIZE": "1"}),
+    ):
         yield
 
 
@@ -142,7 +144,8 @@ def step_table(args, device: str, rank: int, tmp: Path):
 
 
 def collective_table(combiner, n_layers: int, flush: int, rounds: int) -> list[list]:
-    """Time of one flush's combine (5 layers x `flush` batches) and of one agree_stop."""
+    """Time of one flush's combine (5 layers of 32 units x `flush` batches) and of one
+    agree_stop."""
     from actwidget.stats import HIST, Field, StatsConfig
 
     width = StatsConfig().width
@@ -153,12 +156,13 @@ def collective_table(combiner, n_layers: int, flush: int, rounds: int) -> list[l
     rows[:, Field.BATCH_FIRST] = rows[:, Field.BATCH_LAST] = rows[:, Field.BATCH_SUM] = steps
     rows[:, Field.NUMEL] = rows[:, Field.COUNT] = 100
     rows[:, Field.MEAN], rows[:, Field.M2], rows[:, HIST + 20] = 0.5, 10.0, 100
+    units = {(i, b): np.ones(32) for i in range(n_layers) for b in range(flush)}  # 32 units
     combine, agree = [], []
     sent0 = combiner.bytes_sent
     for _ in range(rounds):
         dist.barrier()
         t0 = time.perf_counter()
-        combiner.combine(layers, rows)
+        combiner.combine(layers, rows, units)
         combine.append(slowest(time.perf_counter() - t0))
     per_flush = (combiner.bytes_sent - sent0) / rounds
     dist.barrier()
@@ -211,7 +215,8 @@ def run(args) -> None:
         torch.cuda.set_device(rank % torch.cuda.device_count())
     with tempfile.TemporaryDirectory() as tmp:
         rows, hooks, params, syncs = step_table(args, device, rank, Path(tmp))
-        coll = collective_table(hooks._dist, len(hooks.names), hooks.flush_every, args.rounds)
+        combiner = hooks._sinks.combiner
+        coll = collective_table(combiner, len(hooks.names), hooks.flush_every, args.rounds)
     if rank == 0:
         out = [
             f"Machine: {platform.machine()}, {world} ranks x {args.threads} torch thread(s), "

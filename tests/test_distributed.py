@@ -103,6 +103,17 @@ def test_recorded_stats_are_the_pooled_stats_of_both_ranks(tmp_path):
             a0, a1 = acts[0][i][step], acts[1][i][step]
             assert len(a0) != len(a1)  # different numbers of rows per rank
             assert_column(layer, step, [a0, a1], config)
+    # Dead units are judged over the global batch: a unit is dead when it gave nothing on
+    # either rank (per-rank counts, summed, would differ in some of these batches).
+    relu = stats["1 (ReLU)"]
+    pooled, per_rank = [], []
+    for step in range(10):
+        a0, a1 = acts[0][1][step], acts[1][1][step]
+        pooled.append(_dead_units(torch.cat([a0, a1])))
+        per_rank.append((_dead_units(a0) + _dead_units(a1)) / 2)
+    np.testing.assert_array_equal(relu.columns[:, Field.UNITS], 16)
+    np.testing.assert_array_equal(relu.columns[:, Field.DEAD], pooled)
+    assert pooled != per_rank
     # Not either rank's local value: the ranks' data differ (scaled 1x and 3x).
     std = stats["0 (Linear)"].std[0]
     local = [acts[r][0][0].std().item() for r in (0, 1)]
@@ -111,6 +122,12 @@ def test_recorded_stats_are_the_pooled_stats_of_both_ranks(tmp_path):
     r0, r1 = reports(out)
     assert r0["state"] == r1["state"] == "finished" and r0["step"] == r1["step"] == 10
     assert (r0["batches"], r1["batches"]) == (10, 0)  # only the root keeps the global view
+
+
+def _dead_units(a: torch.Tensor) -> int:
+    """Units (features) of a (rows, units) ReLU output that gave nothing over all its rows."""
+    totals = a.double().sum(0)
+    return int((totals <= 1e-4 * totals.mean()).sum())
 
 
 def test_stop_requested_through_the_run_dir_ends_both_ranks_at_the_same_step(tmp_path):

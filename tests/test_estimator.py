@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from actwidget._fold import Filled, Folder
+from actwidget._fold import Filled, Folder, UnitSums
 from actwidget.estimator import (
     DEAD_BELOW,
     Acc,
@@ -173,6 +173,33 @@ def test_dead_units_are_units_that_gave_nothing_in_non_negative_calls():
     assert c[Field.DEAD] == 0
     signed = torch.randn(32, 6, 5, 5)  # values of both signs: not judged
     assert column(fold_one(signed, LOG), LOG)[Field.UNITS] == 0
+
+
+def test_unit_sums_hold_each_layers_per_unit_totals_of_its_judged_calls():
+    """Under torch.distributed the fold also keeps per-unit totals (what the ranks pool)."""
+    bins, units = bucket_bins(LOG), UnitSums(torch.device("cpu"))
+    acc = torch.zeros(2, acc_width(LOG), dtype=torch.float64)
+    acc[1, Acc.SHIFT] = 0.5  # centred sums: the totals are raw all the same
+    folder = Folder(LOG, bins)
+
+    def call(row: int, x: torch.Tensor) -> None:
+        slots = Slots(plan(x.shape, False, jitter("l", 1024), False), False, x.device, bins)
+        slots.record(x.contiguous(), float(acc[row, Acc.SHIFT]), Scratch())
+        folder.fold(acc, [Filled(row, slots, True, False)], units)
+
+    a, b = torch.rand(16, 3, 4, 4), torch.rand(8, 5)
+    call(0, a)
+    call(1, b)
+    call(0, a)  # a second call of the batch adds to the same totals
+    call(1, -b)  # values < 0: not judged, adds nothing
+    buf, segments = units.take()
+    assert segments == {0: (0, 3), 1: (3, 5)}
+    torch.testing.assert_close(buf[:3], 2 * a.double().sum((0, 2, 3)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(buf[3:], b.double().sum(0), rtol=1e-6, atol=0)
+    assert units.buf.abs().sum() == 0  # zeroed for the next batch
+    call(1, torch.rand(8, 7))  # another unit count: a new segment, the old one dropped
+    _, segments = units.take()
+    assert segments == {0: (0, 3), 1: (8, 7)}
 
 
 def test_nonfinite_values_are_seen_exactly_and_moments_fall_back_to_the_sample():

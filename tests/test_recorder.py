@@ -264,10 +264,10 @@ def test_a_layer_failing_at_the_batch_end_loses_only_its_own_calls(monkeypatch):
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     real = Folder.fold
 
-    def fails_for_layer_1(self, acc, filled):
+    def fails_for_layer_1(self, acc, filled, units=None):
         if any(f.row == 1 for f in filled):
             raise RuntimeError("device lost")
-        return real(self, acc, filled)
+        return real(self, acc, filled, units)
 
     monkeypatch.setattr(Folder, "fold", fails_for_layer_1)
     warns = pytest.warns(UserWarning, match=r"'1 \(ReLU\)'.*device lost")

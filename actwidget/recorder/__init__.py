@@ -341,8 +341,8 @@ class StatsHooks:
     def _take_arrived(self, wait: bool, upto: int = -1) -> None:
         """Packed copies that reached the host -> columns -> the sinks (shifts follow)."""
         with self._take:
-            for layers, cols in self._collector.take(self._taps.taps, wait, upto):
-                self._sinks.add(layers, cols, self._clock.fit, self._clock.epoch_of)
+            for arrived in self._collector.take(self._taps.taps, wait, upto):
+                self._sinks.add(arrived, self._clock.fit, self._clock.epoch_of)
 
     def end_fit(self, error: BaseException | None = None, where: str | None = None) -> None:
         """The fit ended: normally, on a stop request, or with `error` (the loop calls this;

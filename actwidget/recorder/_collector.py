@@ -5,19 +5,22 @@ batch boundary the eager slots are folded in (`actwidget._fold`), the whole accu
 copied to the host in one transfer (on an accelerator: non-blocking, into a pinned buffer,
 read once its copy has finished, so the host never waits for the device) and zeroed. The
 host turns each packed copy into one column per recorded layer (`columns`) and decides where
-each layer's sums are centred next (`estimator` shift rule).
+each layer's sums are centred next (`estimator` shift rule). Under torch.distributed the
+packed copy also holds each layer's per-unit totals of the batch (`_fold.UnitSums`), so that
+the ranks can pool dead units over the global batch.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
-from .._fold import Filled, Folder
+from .._fold import Filled, Folder, UnitSums
 from ..estimator import Acc, Bins, Scratch, acc_width, bucket_bins, next_shift
 from ..stats import HIST, Field, StatsConfig
 
@@ -26,16 +29,27 @@ if TYPE_CHECKING:
 
     from ._taps import Tap
 
-__all__ = ["Batch", "Collector", "columns"]
+__all__ = ["Arrived", "Batch", "Collector", "columns"]
 
 _RING = 8  # packed copies in flight per accelerator
 
 
 class Batch(NamedTuple):
-    """One batch's packed accumulators, on the host: (layers, Acc fields + bins)."""
+    """One batch's packed accumulators, on the host: (layers, Acc fields + bins), and under
+    torch.distributed each layer's per-unit totals (by layer; eager calls only)."""
 
     index: int
     rows: np.ndarray
+    units: dict[int, np.ndarray]
+
+
+class Arrived(NamedTuple):
+    """One batch's columns: the layer of each, the columns (`Field` layout), and the per-unit
+    totals of the layers whose every call was judged for dead units (torch.distributed)."""
+
+    layers: np.ndarray
+    cols: np.ndarray
+    units: dict[int, np.ndarray]
 
 
 class _Device:
@@ -48,40 +62,58 @@ class _Device:
             self.clear[Acc.SHIFT] = False  # zeroing keeps the shifts
             self.bins: Bins = bucket_bins(config, device)
         self.folder = Folder(config, self.bins)
+        self.units: UnitSums | None = None  # under torch.distributed
         self.async_copy = device.type not in ("cpu", "meta")
-        self.flight: deque[tuple[int, torch.Tensor, torch.Event]] = deque()
+        self.flight: deque[_Copy] = deque()
         self.free: list[torch.Tensor] = []
 
     def push(self, index: int) -> None:
-        """Start copying the accumulator of batch `index` to the host; zero it."""
+        """Start copying the accumulator of batch `index` (and the per-unit totals) to the
+        host, in one transfer; zero them."""
+        packed, segments = self.acc.view(-1), {}
+        if self.units is not None:
+            buf, segments = self.units.take()
+            packed = torch.cat([packed, buf])
         if not self.async_copy:
-            self.flight.append((index, self.acc.clone(), None))
+            self.flight.append(_Copy(index, packed.clone(), None, segments))
         else:
-            host = self.free.pop() if self.free else torch.empty(
-                self.acc.shape, dtype=self.acc.dtype, pin_memory=True
-            )  # fmt: skip
-            host.copy_(self.acc, non_blocking=True)
+            host = self.free.pop() if self.free else None
+            if host is None or host.shape != packed.shape:
+                host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            host.copy_(packed, non_blocking=True)
             event = torch.Event(self.acc.device)
             event.record()
-            self.flight.append((index, host, event))
+            self.flight.append(_Copy(index, host, event, segments))
         self.acc.masked_fill_(self.clear, 0.0)
 
-    def pop(self, wait: bool, upto: int = -1) -> list[tuple[int, np.ndarray]]:
+    def pop(self, wait: bool, upto: int = -1) -> list[Batch]:
         """The copies that have arrived (all of them when `wait`; those of batches up to
         `upto` in any case), oldest first."""
         out = []
         while self.flight:
-            index, host, event = self.flight[0]
-            if event is not None:
-                due = wait or index <= upto or len(self.flight) >= _RING
-                if not due and not event.query():
+            copy = self.flight[0]
+            if copy.event is not None:
+                due = wait or copy.index <= upto or len(self.flight) >= _RING
+                if not due and not copy.event.query():
                     break
-                event.synchronize()
+                copy.event.synchronize()
             self.flight.popleft()
-            out.append((index, host.numpy().copy()))
-            if event is not None:
-                self.free.append(host)
+            flat = copy.host.numpy().copy()
+            rows = flat[: self.acc.numel()].reshape(self.acc.shape)
+            units = {r: flat[self.acc.numel() + o :][:n] for r, (o, n) in copy.segments.items()}
+            out.append(Batch(copy.index, rows, units))
+            if copy.event is not None:
+                self.free.append(copy.host)
         return out
+
+
+class _Copy(NamedTuple):
+    """A packed copy on its way to the host."""
+
+    index: int
+    host: torch.Tensor
+    event: torch.Event | None  # None: already there (a CPU copy)
+    segments: dict[int, tuple[int, int]]  # per-unit totals: row -> (offset, units)
 
 
 class Collector:
@@ -131,7 +163,8 @@ class Collector:
         slots = tap.grad if grad else tap.fwd
         both = tap.fwd is tap.grad
         entry = Filled(tap.index, slots, fwd=not grad or both, grad=grad or both)
-        self._device(slots.sums.device).folder.fold(self._device(slots.sums.device).acc, [entry])
+        d = self._device(slots.sums.device)
+        d.folder.fold(d.acc, [entry], d.units)
         if entry.fwd:
             tap.fwd = None
         if entry.grad:
@@ -159,6 +192,10 @@ class Collector:
             entry = Filled(tap.index, slots, tap.fwd is not None, tap.grad is not None)
             by_device.setdefault(slots.sums.device, []).append(entry)
             tap.fwd = tap.grad = None
+        pooled = _distributed()
+        for d in self._devices.values():
+            if pooled != (d.units is not None):
+                d.units = UnitSums(d.acc.device) if pooled else None
         for device, entries in by_device.items():
             self._fold(self._device(device), entries, {t.index: t for t in filled})
         for d in self._devices.values():
@@ -169,13 +206,13 @@ class Collector:
         """Fold all entries at once; if that fails, one by one, so that a layer that
         cannot be folded loses only its own calls (with a warning naming it)."""
         try:
-            d.folder.fold(d.acc, entries)
+            d.folder.fold(d.acc, entries, d.units)
             return
         except Exception:
             pass
         for entry in entries:
             try:
-                d.folder.fold(d.acc, [entry])
+                d.folder.fold(d.acc, [entry], d.units)
             except Exception as e:
                 taps[entry.row].warn(f"not summarisable at the batch end ({type(e).__name__}: {e})")
 
@@ -183,15 +220,15 @@ class Collector:
         """Packed copies that reached the host, in batch order (all of them when `wait`;
         those of batches up to `upto` in any case): one (layers, fields) array per batch,
         summed over devices."""
-        got: dict[int, np.ndarray] = {}
+        got: dict[int, Batch] = {}
         for d in self._devices.values():
-            for index, rows in d.pop(wait, upto):
-                got[index] = got[index] + rows if index in got else rows
-        return [Batch(i, got[i]) for i in sorted(got)]
+            for b in d.pop(wait, upto):
+                got[b.index] = _add(got[b.index], b) if b.index in got else b
+        return [got[i] for i in sorted(got)]
 
-    def take(self, taps: list[Tap], wait: bool, upto: int = -1):
-        """The columns of every packed copy that reached the host (see `arrived`), as
-        (layer indices, columns) per batch; each layer's shift follows its last column."""
+    def take(self, taps: list[Tap], wait: bool, upto: int = -1) -> Iterator[Arrived]:
+        """The columns of every packed copy that reached the host (see `arrived`), one
+        `Arrived` per batch; each layer's shift follows its last column."""
         for batch in self.arrived(wait, upto):
             layers, cols = columns(batch.rows, batch.index, self.config)
             count = cols[:, Field.COUNT]
@@ -201,7 +238,7 @@ class Collector:
                 new = next_shift(taps[i].shift, float(mean), float(v), n > 1)
                 if new is not None:
                     self.set_shift(taps[i], new)
-            yield layers, cols
+            yield Arrived(layers, cols, _judged_units(batch, layers))
 
     def set_shift(self, tap: Tap, shift: float) -> None:
         """Centre `tap`'s sums on `shift` from the next call on (every device)."""
@@ -218,12 +255,41 @@ class Collector:
         for d in self._devices.values():
             d.pop(wait=True)
             d.acc.zero_()
+            d.units = None  # made anew at the next boundary
 
     def free(self) -> None:
         """Release the device memory (hooks removed)."""
         self.clear()
         self._devices.clear()
         self.scratch.clear()
+
+
+def _distributed() -> bool:
+    """Whether this process is one of several ranks (then the ranks pool dead units)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _add(a: Batch, b: Batch) -> Batch:
+    """Two devices' copies of one batch, summed."""
+    units = dict(a.units)
+    for row, u in b.units.items():
+        units[row] = units[row] + u if row in units and len(units[row]) == len(u) else u
+    return Batch(a.index, a.rows + b.rows, units)
+
+
+def _judged_units(batch: Batch, layers: np.ndarray) -> dict[int, np.ndarray]:
+    """The per-unit totals of the layers whose every call of the batch was judged for dead
+    units (values all >= 0, the same units): only those can be pooled."""
+    out: dict[int, np.ndarray] = {}
+    if not batch.units:
+        return out
+    for i in layers.tolist():
+        u = batch.units.get(i)
+        calls = batch.rows[i, Acc.CALLS]
+        if u is not None and calls > 0 and batch.rows[i, Acc.UNITS] == calls * len(u):
+            out[i] = u
+    return out
 
 
 # --- packed rows -> stats columns ---------------------------------------------------------------

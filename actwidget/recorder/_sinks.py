@@ -16,14 +16,17 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..diagnose import AlertConfig, Diagnoser, summarize
 from ..source import Event, Listeners, RunStatus
-from ..stats import Alert, FitMark, RunStats, StatsConfig
+from ..stats import Alert, Field, FitMark, RunStats, StatsConfig
+
+if TYPE_CHECKING:
+    from ._collector import Arrived
 
 __all__ = ["Sinks", "distributed_later"]
 
@@ -56,7 +59,7 @@ class Sinks:
         self.diagnoser: Diagnoser | None = None
         self.forward: list[str] = []  # the layers in forward order, once known
         self._local: Diagnoser | None = None  # distributed + stop_on: this rank's own rules
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending: list[Arrived] = []
         self._alerts: list[Alert] = []  # raised, not published yet
         self._lock = threading.Lock()  # the pending columns
         self._publish_lock = threading.RLock()  # one flush at a time, in order
@@ -113,12 +116,13 @@ class Sinks:
         late = time.perf_counter() - self._last >= self.flush_interval
         return self.combiner is None and late
 
-    def add(self, layers: np.ndarray, cols: np.ndarray, fit: int, epoch_of) -> None:
+    def add(self, arrived: Arrived, fit: int, epoch_of) -> None:
         """One batch's columns, as they arrive on the host."""
+        layers, cols = arrived.layers, arrived.cols
         if not len(layers):
             return
         with self._lock:
-            self._pending.append((layers, cols))
+            self._pending.append(arrived)
         judge = self._local if self.combiner is not None else self.diagnoser
         if self.stop_on and judge is not None:
             raised = judge.update(self._named(layers, cols), epoch_of, fit)
@@ -157,7 +161,9 @@ class Sinks:
             else:
                 layers, cols = np.zeros(0, np.int64), np.zeros((0, self.stats.config.width))
             if self.combiner is not None:
-                combined = self.combiner.combine(layers, cols)
+                units = {(i, int(p.cols[0, Field.BATCH_FIRST])): u
+                         for p in pending for i, u in p.units.items()}  # fmt: skip
+                combined = self.combiner.combine(layers, cols, units)
                 if combined is None:  # not the rank that keeps the global view
                     return None
                 layers, cols = combined
