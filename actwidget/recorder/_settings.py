@@ -1,29 +1,52 @@
 """The recorder's settings, checked when it is built: a bad one fails there, in one clear
-line, before anything is attached (never later, inside a training step)."""
+line, before anything is attached (never later, inside a training step). `Settings` is the
+checked record the parts are built from; a `Setting` reads one back through the facade (and
+changes it, checked again, where that is allowed)."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 from torch import nn
 
 from ..diagnose import KINDS, AlertConfig
 from ..stats import RunStats, StatsConfig
 
-__all__ = ["Settings", "check", "check_int", "check_seconds", "materialize", "names_not_needed"]
+__all__ = [
+    "Setting",
+    "Settings",
+    "check",
+    "check_batches",
+    "check_int",
+    "check_seconds",
+    "materialize",
+    "names_not_needed",
+]
+
+T = TypeVar("T")
 
 
 class Settings(NamedTuple):
-    """What the checks turned the arguments into."""
+    """A recorder's settings, checked (see `StatsHooks` for what each one means)."""
 
-    stats: RunStats
-    alerts: AlertConfig | None
+    stats: RunStats  # the given stats, or new ones with the given config
+    alerts: AlertConfig | None  # the rules; None: none
     stop_on: frozenset[str]
     run_dir: Path | None
+    mods: Any  # as given, an iterator made a list (resolved at each attach)
+    model: nn.Module | None
+    mod_filter: Callable[[nn.Module], Any] | None
+    on_train: bool
+    on_valid: bool
+    periodicity: int
+    root_rank: int
+    flush_every: int
+    flush_interval: float
+    auto_step: bool
 
 
 def check_int(name: str, value: Any, lo: int) -> None:
@@ -32,6 +55,11 @@ def check_int(name: str, value: Any, lo: int) -> None:
         raise TypeError(f"{name} must be an int >= {lo}, got {value!r}")
     if value < lo:
         raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+
+
+def check_batches(name: str, value: Any) -> None:
+    """A number of batches (an int >= 1), else TypeError / ValueError saying so."""
+    check_int(name, value, 1)
 
 
 def check_seconds(name: str, value: Any) -> None:
@@ -111,7 +139,11 @@ def check(
         from ..runfile import check_run_dir
 
         path = check_run_dir(run_dir)
-    return Settings(stats if stats is not None else RunStats(config), rules, kinds, path)
+    return Settings(
+        stats if stats is not None else RunStats(config), rules, kinds, path, materialize(mods),
+        model, mod_filter, on_train, on_valid, periodicity, root_rank, flush_every,
+        flush_interval, auto_step,
+    )  # fmt: skip
 
 
 def materialize(mods: Any) -> Any:
@@ -133,3 +165,32 @@ def names_not_needed(mods: Any) -> bool:
     if isinstance(mods, (list, tuple)):
         return not any(isinstance(m, str) for m in mods)
     return False
+
+
+class Setting(Generic[T]):
+    """A recorder setting read back from the facade: an attribute of the facade's `part`
+    of the same name. With `check` it may be changed too (checked first, as when built)."""
+
+    def __init__(
+        self, part: str, doc: str, check: Callable[[str, Any], None] | None = None
+    ) -> None:
+        self.part, self.check, self.__doc__ = part, check, doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> Setting[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> T | Setting[T]:
+        if obj is None:
+            return self
+        return getattr(getattr(obj, self.part), self.name)
+
+    def __set__(self, obj: object, value: T) -> None:
+        if self.check is None:
+            raise AttributeError(f"{self.name} is read-only: it is set when the recorder is built")
+        self.check(self.name, value)
+        setattr(getattr(obj, self.part), self.name, value)
