@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from actwidget.recorder import StatsHooks
-from actwidget.recorder._taps import _Hook, _Inert
+from actwidget.recorder._calls import _Hook, _Inert
 from actwidget.stats import RunStats, StatsConfig
 
 
