@@ -11,7 +11,7 @@ hooks.stats["layers.0 (Conv2dWithReLU)"].std
 ```
 
 `StatsHooks` is a thin facade over parts with one job each: the taps (which modules, the
-hooks, what a call computes: `_taps`), the batch clock (fits, epochs, batches, stop
+hooks: `_taps`; what a call computes: `_calls`), the batch clock (fits, epochs, batches, stop
 requests: `_clock`), the collector (device accumulators to packed copies to columns:
 `_collector`), the sinks (store, run file, alert rules, distributed combine, listeners:
 `_sinks`), and the run that holds them and drives the lifecycle below (`_run`).
