@@ -23,7 +23,7 @@ from actwidget.estimator import (
     next_shift,
     plan,
 )
-from actwidget.recorder._collector import columns
+from actwidget.recorder._columns import columns
 from actwidget.stats import Field, StatsConfig
 
 LOG, LINEAR = StatsConfig(), StatsConfig(hist="linear", bins=8, hist_max=2.0)
