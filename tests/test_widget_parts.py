@@ -276,6 +276,10 @@ def test_alerts_bar_shows_the_latest_and_lists_all_escaped():
     assert "nonfinite" in html and "NaN at batch 9" in html and "(+1 more)" in html
     assert "b &lt;x&gt;" in html and "<x>" not in html
     assert html.index("NaN at batch 9") < html.index("std fell")  # newest first
+    assert "<b>⚠ nonfinite</b> NaN at batch 9" in html
+    dead = [Alert("dead", n, 5, 0, 0.9, "dead units", 1) for n in ("a", "b", "c", "d")]
+    bar = alerts_html(dead, ["a", "b", "c", "d"])
+    assert "<b>⚠ dead</b> units in 4 of 4 layers" in bar and "dead dead" not in bar
 
 
 # --- heatmap and overview axes ------------------------------------------------------------

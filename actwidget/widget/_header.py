@@ -58,6 +58,15 @@ def _line(x: Summary) -> str:
     return html.escape(text)
 
 
+def _tagged(x: Summary) -> str:
+    """A summary's line after its kind in bold, unless the line begins with it ("dead units
+    in 5 of 100 layers", not "dead dead units ...")."""
+    line = _line(x)
+    if line.startswith(x.kind):
+        return f"<b>⚠ {line[: len(x.kind)]}</b>{line[len(x.kind) :]}"
+    return f"<b>⚠ {html.escape(x.kind)}</b> {line}"
+
+
 def alerts_html(alerts: Sequence[Alert], layers: Sequence[str] = (), limit: int = 200) -> str:
     """The warning bar (the cause) with the alerts, one line per kind at depth, folded
     under it; "" if none."""
@@ -83,8 +92,7 @@ def alerts_html(alerts: Sequence[Alert], layers: Sequence[str] = (), limit: int 
     return (
         f"<details class='actwidget-alerts' style='border-left:4px solid {_WARN};"
         "background:#fdecea;padding:3px 8px;margin:2px 0'>"
-        f"<summary style='cursor:pointer;color:#8b1a1a'><b>⚠ {html.escape(top.kind)}</b> "
-        f"{_line(top)}{more}</summary>"
+        f"<summary style='cursor:pointer;color:#8b1a1a'>{_tagged(top)}{more}</summary>"
         "<div style='max-height:150px;overflow:auto'>"
         "<style>.actwidget-alert-list td,.actwidget-alert-list th{padding:1px 8px 1px 0;"
         "vertical-align:top}</style>"
