@@ -807,7 +807,7 @@ def test_alerts_at_depth_read_as_one_line_and_select_a_few_layers():
         s.add_alert(Alert("dead", n, 19 + i % 3, 0, 0.5 + i / 200, f"{n}: dead units", 1))
     w = ActivationWidget(s, initial_layers=5)
     bar = w.head.alerts.value.split("</summary>")[0]
-    assert "dead units in 90 of 98 layers" in bar and "from batch 19" in bar
+    assert "<b>⚠ dead</b> units in 90 of 98 layers" in bar and "from batch 19" in bar
     assert w.head.alerts.value.count("<tr>") == 2  # the header row and one line
     assert set(names[5:95]) <= set(w.layers.picker.alerted)  # every alerted layer is marked
     added = [n for n in w.visible_layers if n in names[5:95]]

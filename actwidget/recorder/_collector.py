@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -32,7 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Arrived", "Batch", "Collector"]
 
-_RING = 8  # packed copies in flight per accelerator
+_RING = 8  # packed copies in flight per accelerator before the oldest is waited for
+_BACKLOG = 64  # packed copies kept before they are turned into columns, whatever is due
 
 
 class Batch(NamedTuple):
@@ -45,12 +45,13 @@ class Batch(NamedTuple):
 
 
 class Arrived(NamedTuple):
-    """One batch's columns: the layer of each, the columns (`Field` layout), and the per-unit
-    totals of the layers whose every call was judged for dead units (torch.distributed)."""
+    """Columns that reached the host (one batch's or several): the layer of each, the
+    columns (`Field` layout), and under torch.distributed the per-unit totals by (layer,
+    batch) of the layers whose every call of the batch was judged for dead units."""
 
     layers: np.ndarray
     cols: np.ndarray
-    units: dict[int, np.ndarray]
+    units: dict[tuple[int, int], np.ndarray]
 
 
 class _Device:
@@ -217,6 +218,12 @@ class Collector:
             except Exception as e:
                 taps[entry.row].warn(f"not summarisable at the batch end ({type(e).__name__}: {e})")
 
+    @property
+    def backlog(self) -> bool:
+        """Whether so many packed copies wait that they should be taken now (bounded memory
+        with a large `flush_every`)."""
+        return any(len(d.flight) >= _BACKLOG for d in self._devices.values())
+
     def arrived(self, wait: bool = False, upto: int = -1) -> list[Batch]:
         """Packed copies that reached the host, in batch order (all of them when `wait`;
         those of batches up to `upto` in any case): one (layers, fields) array per batch,
@@ -227,19 +234,26 @@ class Collector:
                 got[b.index] = _add(got[b.index], b) if b.index in got else b
         return [got[i] for i in sorted(got)]
 
-    def take(self, taps: list[Tap], wait: bool, upto: int = -1) -> Iterator[Arrived]:
-        """The columns of every packed copy that reached the host (see `arrived`), one
-        `Arrived` per batch; each layer's shift follows its last column."""
-        for batch in self.arrived(wait, upto):
-            layers, cols = columns(batch.rows, batch.index, self.config)
-            count = cols[:, Field.COUNT]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                var = cols[:, Field.M2] / np.maximum(count - 1, 1)
-            for i, mean, v, n in zip(layers.tolist(), cols[:, Field.MEAN], var, count, strict=True):
-                new = next_shift(taps[i].shift, float(mean), float(v), n > 1)
-                if new is not None:
-                    self.set_shift(taps[i], new)
-            yield Arrived(layers, cols, _judged_units(batch, layers))
+    def take(self, taps: list[Tap], wait: bool, upto: int = -1) -> Arrived | None:
+        """The columns of every packed copy that reached the host (see `arrived`), turned at
+        once (None: none arrived); each layer's shift follows its last column."""
+        batches = self.arrived(wait, upto)
+        if not batches:
+            return None
+        n = len(batches[0].rows)
+        rows = np.concatenate([b.rows for b in batches])
+        at, cols = columns(rows, np.repeat([b.index for b in batches], n), self.config)
+        layers = at % n
+        last = dict(zip(layers.tolist(), range(len(layers)), strict=True))  # layer -> column
+        count = cols[:, Field.COUNT]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = cols[:, Field.M2] / np.maximum(count - 1, 1)
+        for i, j in last.items():
+            new = next_shift(taps[i].shift, float(cols[j, Field.MEAN]), float(var[j]), count[j] > 1)
+            if new is not None:
+                self.set_shift(taps[i], new)
+        units = {(i, b.index): u for b in batches for i, u in _judged_units(b).items()}
+        return Arrived(layers, cols, units)
 
     def set_shift(self, tap: Tap, shift: float) -> None:
         """Centre `tap`'s sums on `shift` from the next call on (every device)."""
@@ -279,15 +293,12 @@ def _add(a: Batch, b: Batch) -> Batch:
     return Batch(a.index, a.rows + b.rows, units)
 
 
-def _judged_units(batch: Batch, layers: np.ndarray) -> dict[int, np.ndarray]:
+def _judged_units(batch: Batch) -> dict[int, np.ndarray]:
     """The per-unit totals of the layers whose every call of the batch was judged for dead
     units (values all >= 0, the same units): only those can be pooled."""
     out: dict[int, np.ndarray] = {}
-    if not batch.units:
-        return out
-    for i in layers.tolist():
-        u = batch.units.get(i)
+    for i, u in batch.units.items():
         calls = batch.rows[i, Acc.CALLS]
-        if u is not None and calls > 0 and batch.rows[i, Acc.UNITS] == calls * len(u):
+        if calls > 0 and batch.rows[i, Acc.UNITS] == calls * len(u):
             out[i] = u
     return out

@@ -13,15 +13,19 @@ from ..stats import HIST, Field, StatsConfig
 __all__ = ["columns"]
 
 
-def columns(rows: np.ndarray, batch: int, config: StatsConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The one-batch stats columns (`Field` layout) of one packed copy: (layer index of each
-    column, columns), for the layers that recorded anything in that batch."""
+def columns(
+    rows: np.ndarray, batch: int | np.ndarray, config: StatsConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The one-batch stats columns (`Field` layout) of packed rows: (the position of each
+    column's row in `rows`, columns), for the rows that recorded anything. `batch`: the
+    batch of every row (or of all of them): several packed copies are turned at once."""
     present = (rows[:, Acc.CALLS] > 0) | (rows[:, Acc.G_NUMEL] > 0)
     layers = np.flatnonzero(present)
     r = rows[layers]
     out = np.zeros((len(layers), config.width))
     out[:, Field.BATCHES] = 1
-    out[:, [Field.BATCH_SUM, Field.BATCH_FIRST, Field.BATCH_LAST]] = batch
+    at = np.broadcast_to(np.asarray(batch, dtype=float), (len(rows),))[layers]
+    out[:, Field.BATCH_SUM] = out[:, Field.BATCH_FIRST] = out[:, Field.BATCH_LAST] = at
     numel = r[:, Acc.NUMEL]
     exact_counts = config.sample_size is None
     bad = np.maximum(r[:, Acc.BAD], r[:, Acc.BAD_SEEN])

@@ -193,9 +193,11 @@ class Run:
             self.sinks.set_order([self.taps.taps[i].name for i in self.collector.forward])
         self.sinks.count_batch()
         due = self.sinks.due()
-        # With stop_on, the rules see each batch by the next boundary: its copy is waited
-        # for then (on an accelerator; it is long done by then, almost always).
-        self.take_arrived(wait=due, upto=self.clock.batch - 2 if self.sinks.stop_on else -1)
+        # The packed copies become columns when published, many batches at once. With
+        # stop_on, the rules see each batch by the next boundary: its copy is waited for
+        # then (on an accelerator; it is long done by then, almost always).
+        if due or self.sinks.stop_on or self.collector.backlog:
+            self.take_arrived(wait=due, upto=self.clock.batch - 2 if self.sinks.stop_on else -1)
         if due:
             self.publish()
         self.sinks.listeners.emit(Event.BATCH, self.owner)
@@ -208,7 +210,8 @@ class Run:
     def take_arrived(self, wait: bool, upto: int = -1) -> None:
         """Packed copies that reached the host -> columns -> the sinks (shifts follow)."""
         with self.take_lock:
-            for arrived in self.collector.take(self.taps.taps, wait, upto):
+            arrived = self.collector.take(self.taps.taps, wait, upto)
+            if arrived is not None:
                 self.sinks.add(arrived, self.clock.fit, self.clock.epoch_of)
 
     def end_fit(self, error: BaseException | None, where: str | None) -> None:

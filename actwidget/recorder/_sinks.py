@@ -23,7 +23,7 @@ import torch
 
 from ..diagnose import AlertConfig, Diagnoser, summarize
 from ..source import Event, Listeners, RunStatus
-from ..stats import Alert, Field, FitMark, RunStats, StatsConfig
+from ..stats import Alert, FitMark, RunStats, StatsConfig
 
 if TYPE_CHECKING:
     from ._collector import Arrived
@@ -117,7 +117,8 @@ class Sinks:
         return self.combiner is None and late
 
     def add(self, arrived: Arrived, fit: int, epoch_of) -> None:
-        """One batch's columns, as they arrive on the host."""
+        """Columns, as they reach the host (each batch's by the next flush; with `stop_on`,
+        by the next batch boundary)."""
         layers, cols = arrived.layers, arrived.cols
         if not len(layers):
             return
@@ -161,8 +162,7 @@ class Sinks:
             else:
                 layers, cols = np.zeros(0, np.int64), np.zeros((0, self.stats.config.width))
             if self.combiner is not None:
-                units = {(i, int(p.cols[0, Field.BATCH_FIRST])): u
-                         for p in pending for i, u in p.units.items()}  # fmt: skip
+                units = {k: u for p in pending for k, u in p.units.items()}
                 combined = self.combiner.combine(layers, cols, units)
                 if combined is None:  # not the rank that keeps the global view
                     return None
