@@ -77,8 +77,10 @@ class UnitSums:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.buf = torch.zeros(0, dtype=torch.float64, device=device)
-        self.segments: dict[int, tuple[int, int]] = {}  # row -> (offset, units); replaced,
-        self._pos: dict[tuple, torch.Tensor] = {}  # never changed in place (see `take`)
+        # row -> (offset, units); a new dict on every change, never changed in place: a
+        # copy in flight keeps the segments it was taken with
+        self.segments: dict[int, tuple[int, int]] = {}
+        self._pos: dict[tuple, torch.Tensor] = {}  # positions in `buf`, per `unit_rows`
 
     def add(self, unit_rows: tuple[tuple[int, int], ...], values: torch.Tensor) -> None:
         """Add `values` (the units of `unit_rows`' layers, in order) to their segments."""
