@@ -407,6 +407,7 @@ class Labelled(NamedTuple):
     alerts: list[Alert]
     onset: int  # the batch where the pathology starts (0: from the start)
     blowup: int | None  # the first batch with a NaN/inf loss, or a loss 10x its start
+    stats: RunStats
 
 
 def _task(steps: int, bs: int = 64, d: int = 32, seed: int = 0):
@@ -439,7 +440,7 @@ def _train(name, expected, model, opt, mods, batches, onset=0, before=None, half
             loss.backward()
             opt.step()
             opt.zero_grad()
-    return Labelled(name, frozenset(expected), hooks.alerts, onset, blowup)
+    return Labelled(name, frozenset(expected), hooks.alerts, onset, blowup, hooks.stats)
 
 
 def _kill_half(conv_or_linear: nn.Module) -> None:
@@ -529,13 +530,13 @@ def labelled(lr06, lr01, kaiming, healthy, synthetic) -> list[Labelled]:
         # activations explode (batch 17) and collapse into dead units; at lr 4.0: NaN.
         Labelled("course CNN, lr 0.6 (1 epoch), then lr 4.0",
                  frozenset({"vanishing", "exploding", "dead", "nonfinite"}), lr06.alerts, EPOCH,
-                 min(first_nonfinite(lr06.stats, since=EPOCH).values())),
+                 min(first_nonfinite(lr06.stats, since=EPOCH).values()), lr06.stats),
         Labelled("course CNN, lr 0.1, default init", frozenset({"vanishing"}), lr01.alerts, 0,
-                 None),
+                 None, lr01.stats),
         Labelled("course CNN, kaiming init, lr 0.2 (3 epochs)", frozenset(), kaiming.run.alerts,
-                 0, None),
+                 0, None, kaiming.run.stats),
     ]  # fmt: skip
-    others = [Labelled(n, frozenset(), r.alerts, 0, None) for n, (r, _) in healthy.items()]
+    others = [Labelled(n, frozenset(), r.alerts, 0, None, r.stats) for n, (r, _) in healthy.items()]
     return course_runs + synthetic + others
 
 
@@ -569,3 +570,31 @@ def test_the_labelled_set_raises_what_it_should_and_nothing_else(labelled):
     print(table)
     assert len(labelled) >= 12
     assert problems == [], problems
+
+
+def _std_growth(stats: RunStats, factor: float, within: int) -> int | None:
+    """The first batch at which some layer's std is `factor` x what it was `within` batches
+    before (a candidate early-warning rule), or None."""
+    first = None
+    for layer in stats.values():
+        sd = layer.std
+        with np.errstate(all="ignore"):
+            grew = np.flatnonzero(sd[within:] > factor * sd[:-within])
+        if len(grew):
+            first = min(first or 10**9, int(grew[0]) + within)
+    return first
+
+
+def test_std_growth_would_warn_earlier_only_with_false_alarms(labelled):
+    """Issue 17's candidate for earlier warning, replayed on the labelled set's columns: the
+    std's growth rate. It warns 2-3 batches before `exploding` on the course CNN (at most 2
+    before the blow-up elsewhere, at its loosest), but it fires on healthy runs early in
+    training at every setting tried: not kept as a rule (README, Diagnosis)."""
+    by_name = {run.name: run for run in labelled}
+    course = by_name["course CNN, lr 0.6 (1 epoch), then lr 4.0"]
+    exploding = min(a.batch for a in course.alerts if a.kind == "exploding")
+    for factor, within in [(2, 1), (4, 4), (8, 4), (10, 8)]:
+        early = _std_growth(course.stats, factor, within)
+        assert early is not None and early < exploding, (factor, within, early, exploding)
+        healthy = [r for r in labelled if not r.expected]
+        assert any(_std_growth(r.stats, factor, within) for r in healthy), (factor, within)
