@@ -55,11 +55,10 @@ def _core_only_import() -> None:
 @contextlib.contextmanager
 def local_only():
     """The recorder as if this were one process: no combine, no agreed stop."""
-    from actwidget.recorder import _collector, _sinks
+    from actwidget.recorder import _sinks
 
     with (
         mock.patch.object(_sinks, "_distributed", lambda: False),
-        mock.patch.object(_collector, "_distributed", lambda: False),
         mock.patch.dict(os.environ, {"WORLD_SIZE": "1"}),
     ):
         yield

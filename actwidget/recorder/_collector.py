@@ -76,8 +76,9 @@ class _Device:
         if self.units is not None:
             buf, segments = self.units.take()
             packed = torch.cat([packed, buf])
-        if not self.async_copy:
-            self.flight.append(_Copy(index, packed.clone(), None, segments))
+        if not self.async_copy:  # (a `cat` is a copy already)
+            host = packed if self.units is not None else packed.clone()
+            self.flight.append(_Copy(index, host, None, segments))
         else:
             host = self.free.pop() if self.free else None
             if host is None or host.shape != packed.shape:
@@ -129,6 +130,7 @@ class Collector:
         self._filled: list[Tap] = []
         self._lock = threading.Lock()
         self.forward: list[int] = []  # layers in the order the last batch first called them
+        self.pool_units = False  # keep per-unit totals (the ranks pool them: distributed)
 
     # --- what hooks use ------------------------------------------------------------------
     def prepare(self, taps: list[Tap], devices: set[torch.device]) -> None:
@@ -194,10 +196,9 @@ class Collector:
             entry = Filled(tap.index, slots, tap.fwd is not None, tap.grad is not None)
             by_device.setdefault(slots.sums.device, []).append(entry)
             tap.fwd = tap.grad = None
-        pooled = _distributed()
         for d in self._devices.values():
-            if pooled != (d.units is not None):
-                d.units = UnitSums(d.acc.device) if pooled else None
+            if self.pool_units != (d.units is not None):
+                d.units = UnitSums(d.acc.device) if self.pool_units else None
         for device, entries in by_device.items():
             self._fold(self._device(device), entries, {t.index: t for t in filled})
         for d in self._devices.values():
@@ -277,12 +278,6 @@ class Collector:
         self.clear()
         self._devices.clear()
         self.scratch.clear()
-
-
-def _distributed() -> bool:
-    """Whether this process is one of several ranks (then the ranks pool dead units)."""
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _add(a: Batch, b: Batch) -> Batch:

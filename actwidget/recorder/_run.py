@@ -77,7 +77,7 @@ class Run:
             self.model = self.collector.model = model
         self.bind(select_modules(self.model, self.mods, self.mod_filter))
         if not distributed_later():  # else begin_fit decides which rank writes
-            self.sinks.setup(self.run_dir, self.config, self.root_rank)
+            self.setup_sinks()
         try:
             modules = [t.module for t in self.taps]
             devices = {p.device for m in modules for p in m.parameters()} or {torch.device("cpu")}
@@ -89,6 +89,12 @@ class Run:
         except BaseException:
             self.detach()
             raise
+
+    def setup_sinks(self) -> None:
+        """The run writer and, under torch.distributed, the combiner; with a combiner the
+        collector keeps per-unit totals for it (dead units pooled over the ranks)."""
+        self.sinks.setup(self.run_dir, self.config, self.root_rank)
+        self.collector.pool_units = self.sinks.combiner is not None
 
     def bind(self, mods: list[nn.Module]) -> None:
         """Watch `mods` (the first time; later the same layers again, keeping their names)."""
@@ -153,7 +159,7 @@ class Run:
         """A fit begins (attached first, if not yet); returns its unique id."""
         self.attach()
         self.close_batch()
-        self.sinks.setup(self.run_dir, self.config, self.root_rank)
+        self.setup_sinks()
         fit_id = self.clock.begin_fit(epochs)
         self.sinks.agreed = False
         mark = self.stats.mark_fit(self.clock.batch)
